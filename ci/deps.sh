@@ -12,7 +12,7 @@ set -euo pipefail
 
 PREFIX="${ATUN_DEPS_PREFIX:-${HOME:-/root}/.cache/atun/deps}"
 WORK="${PREFIX}.work"
-RECIPE=3   # bump when the build steps below change
+RECIPE=4   # bump when the build steps below change
 
 PACKAGES=(
   build-essential cmake pkg-config git ca-certificates curl
@@ -25,7 +25,7 @@ PACKAGES=(
 WOLFSSL_FLAGS="--enable-quic --enable-certgen --enable-certreq --enable-certext \
 --enable-keygen --enable-ecc --enable-ed25519 --enable-curve25519 --enable-aesgcm \
 --enable-chacha --enable-poly1305 --enable-session-ticket --enable-alpn --enable-sni \
---enable-opensslextra --enable-tls13 --enable-aesni --enable-intelasm \
+--enable-opensslextra --enable-tls13 --enable-aesni --enable-intelasm --enable-sp --enable-sp-asm \
 --disable-examples --disable-crypttests --disable-benchmark --enable-static --disable-shared \
 --with-pic"
 WOLFSSL_CFLAGS="-O2 -fPIC -DWOLFSSL_ALT_NAMES -DWOLFSSL_PUBLIC_MP"
@@ -91,6 +91,16 @@ build_wolfssl() {
     || { tail -n 40 "$WORK/wolfssl-configure.log"; exit 1; }
   make -C "$src" -j"$(nproc)" >"$WORK/wolfssl-build.log" 2>&1 || { tail -n 40 "$WORK/wolfssl-build.log"; exit 1; }
   make -C "$src" install >>"$WORK/wolfssl-build.log" 2>&1
+  # configure detects __uint128_t but leaves it out of options.h, so code
+  # built against the installed headers would see smaller big-number
+  # structs (ecc_key, RsaKey) than the library uses.  Put it back.
+  if grep -q '^#define HAVE___UINT128_T 1' "$src/config.h" 2>/dev/null \
+     && ! grep -q 'HAVE___UINT128_T' "$PREFIX/include/wolfssl/options.h"; then
+    sed -i 's|^#ifdef __cplusplus$|#ifndef HAVE___UINT128_T\n#define HAVE___UINT128_T 1\n#endif\n\n&|' \
+      "$PREFIX/include/wolfssl/options.h"
+    grep -q 'HAVE___UINT128_T' "$PREFIX/include/wolfssl/options.h" \
+      || { log "could not add HAVE___UINT128_T to options.h"; exit 1; }
+  fi
 }
 
 build_ngtcp2() {
@@ -139,15 +149,23 @@ main() {
     log "cached prefix up to date: $PREFIX ($want)"
     return
   fi
-  log "building into $PREFIX ($want)"
+  log "building ($want)"
+  # Build into a scratch prefix and swap it in at the end, so builds using
+  # the old prefix keep working until the new one is complete.
+  local final="$PREFIX"
+  PREFIX="$final.tmp"
   rm -rf "$PREFIX" "$WORK/src"
   mkdir -p "$PREFIX" "$WORK/src"
   (cd "$WORK/src" && apt-get "${APT_OPTS[@]}" source -q "wolfssl=$wv" "ngtcp2=$nv" >"$WORK/apt-source.log" 2>&1) \
     || { tail -n 20 "$WORK/apt-source.log"; exit 1; }
   build_wolfssl "$(find "$WORK/src" -maxdepth 1 -type d -name 'wolfssl-*' | head -n1)"
   build_ngtcp2 "$(find "$WORK/src" -maxdepth 1 -type d -name 'ngtcp2-*' | head -n1)"
-  echo "$want" > "$stamp_file"
-  rm -rf "$WORK/src" "$WORK/ngtcp2-build"
+  echo "$want" > "$PREFIX/.atun-stamp"
+  rm -rf "$final.old"
+  [ -d "$final" ] && mv "$final" "$final.old"
+  mv "$PREFIX" "$final"
+  rm -rf "$final.old" "$WORK/src" "$WORK/ngtcp2-build"
+  PREFIX="$final"
   log "done: $PREFIX"
 }
 
