@@ -144,6 +144,10 @@ static void print_result(const sim_options *o, const sim_result *r, double wall)
          r->mem_live_after);
   printf("  speed: %.2f s wall, %.0f simulated s per wall s, %.0f agent-s per wall s\n", wall,
          wall > 0 ? simsec / wall : 0.0, wall > 0 ? simsec * o->agents / wall : 0.0);
+  printf("  events: deliveries=%llu agent_timers=%llu conn_timers=%llu faults=%llu checks=%llu\n",
+         (unsigned long long)r->events_by_kind[1], (unsigned long long)r->events_by_kind[2],
+         (unsigned long long)r->events_by_kind[3], (unsigned long long)r->events_by_kind[4],
+         (unsigned long long)r->events_by_kind[5]);
   for (int i = 0; i < r->nviolations && i < SIM_VIOLATIONS_MAX; ++i)
     printf("  violation: %s\n", r->violations[i]);
 }

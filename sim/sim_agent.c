@@ -341,6 +341,7 @@ static void pump_control(sim_agent *a) {
     if (n <= 0) return;
     ssize_t took = atun_quic_stream_write(a->conn, a->ctrl, buf, (size_t)n, 0);
     ATUN_ASSERT(took == n);
+    (void)took;
   }
 }
 

@@ -417,6 +417,7 @@ static void pump_control(sim_world *w, sim_gw_conn *c) {
     if (n <= 0) return;
     ssize_t took = atun_quic_stream_write(c->conn, c->ctrl, buf, (size_t)n, 0);
     ATUN_ASSERT(took == n);
+    (void)took;
   }
   (void)w;
 }
@@ -479,10 +480,10 @@ static void conn_service(sim_world *w, sim_gw_conn *c) {
   arm_timer(w, c);
 }
 
-void sim_gw_on_conn_timer(sim_world *w, uint32_t slot, uint32_t gen) {
+void sim_gw_on_conn_timer(sim_world *w, uint32_t slot, uint32_t gen, atun_tstamp at) {
   if (!w->gw.up || slot >= w->gw.nslots) return;
   sim_gw_conn *c = slot_conn(w, slot);
-  if (!c->used || c->gen != gen) return;
+  if (!c->used || c->gen != gen || c->timer_at != at) return;
   if (c->spin_at == w->now) {
     if (++c->spin > SIM_SPIN_MAX) {
       sim_violation(w, "gateway conn of agent %u: timer livelock", c->agent);

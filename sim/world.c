@@ -13,6 +13,7 @@
 #define MS ATUN_NS_PER_MS
 #define SEC ATUN_NS_PER_S
 #define CHECK_EVERY_NS (1 * SEC)
+#define ROUTE_CHECK_ROUNDS 10
 /* Live bytes the core may hold per agent before the run calls it a leak or an
  * unbounded queue: two QUIC connections with full windows would be far more,
  * but a simulated agent moves at most one transfer of 256 KiB at a time. */
@@ -361,7 +362,7 @@ uint8_t sim_transfer_byte(uint64_t id, uint32_t i) {
   return (uint8_t)(mix(id * 0x9e3779b97f4a7c15ULL + i / 8) >> (8 * (i % 8)));
 }
 
-static uint64_t agent_route_hash(const sim_world *w, uint32_t node, uint32_t version) {
+static uint64_t compute_route_hash(const sim_world *w, uint32_t node, uint32_t version) {
   atun_prefix s[8];
   atun_domain d[4];
   atun_route_domain rd[4];
@@ -372,6 +373,14 @@ static uint64_t agent_route_hash(const sim_world *w, uint32_t node, uint32_t ver
     rd[i].auto_detected = d[i].auto_detected;
   }
   return sim_routes_hash(s, ns, rd, nd);
+}
+
+/* Hashes of an agent's route versions, computed once each. */
+static uint64_t agent_route_hash(sim_world *w, uint32_t node, uint32_t version) {
+  sim_agent *a = &w->agents[node];
+  ATUN_ASSERT(version < SIM_ROUTE_VERSIONS_MAX);
+  if (a->route_hash[version] == 0) a->route_hash[version] = compute_route_hash(w, node, version);
+  return a->route_hash[version];
 }
 
 /* --- faults -------------------------------------------------------------------------- */
@@ -612,8 +621,14 @@ static void on_check(sim_world *w) {
   check_bounds(w);
   if (w->gw.up) {
     sim_gw_handle_registry_expiry(w);
-    for (uint32_t n = 1; n <= w->o.agents && !w->stop; ++n)
-      check_agent_routes(w, &w->agents[n], 0);
+    /* The full route comparison costs a registry walk per agent: every
+     * agent is compared once per ROUTE_CHECK_ROUNDS checks, a slice at a
+     * time. */
+    uint32_t slice = w->o.agents / ROUTE_CHECK_ROUNDS + 1;
+    for (uint32_t i = 0; i < slice && !w->stop; ++i) {
+      w->route_check_next = w->route_check_next % w->o.agents + 1;
+      check_agent_routes(w, &w->agents[w->route_check_next], 0);
+    }
   }
   if (!w->liveness && w->now >= w->o.duration_ns) {
     heal(w);
@@ -676,11 +691,14 @@ static void dispatch(sim_world *w, const sim_event *ev) {
     break;
   case EV_AGENT_TIMER:
     sim_trace(w, ev->at, ev->node, 2);
-    if (data == w->agents[ev->node].incarnation) sim_agent_on_timer(&w->agents[ev->node]);
+    /* Only the timer armed last counts: an earlier arming left events
+     * behind that must not multiply. */
+    if (data == w->agents[ev->node].incarnation && ev->at == w->agents[ev->node].timer_at)
+      sim_agent_on_timer(&w->agents[ev->node]);
     break;
   case EV_CONN_TIMER:
     sim_trace(w, ev->at, data, 3);
-    sim_gw_on_conn_timer(w, (uint32_t)data, (uint32_t)(data >> 32));
+    sim_gw_on_conn_timer(w, (uint32_t)data, (uint32_t)(data >> 32), ev->at);
     break;
   case EV_FAULT:
     sim_trace(w, ev->at, ev->node << 16 | data, 4);
@@ -772,6 +790,7 @@ int sim_run(const sim_options *o, sim_result *r) {
       ATUN_ASSERT(ev.at >= w->now);
       w->now = ev.at;
       ++r->events;
+      ++r->events_by_kind[ev.kind < 8 ? ev.kind : 0];
       dispatch(w, &ev);
     }
   }

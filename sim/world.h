@@ -72,6 +72,7 @@ typedef struct sim_result {
   atun_tstamp end_ns;     /* simulated time at the end */
   atun_tstamp converged_after_ns; /* liveness phase length until converged */
   uint64_t events;
+  uint64_t events_by_kind[8]; /* deliveries, agent timers, conn timers, ... */
   uint64_t handshakes;    /* control sessions established */
   uint64_t handshake_peak_per_s;
   uint64_t reconnects;

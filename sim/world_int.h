@@ -164,6 +164,7 @@ struct sim_world {
   uint64_t next_transfer_id;
   uint64_t liveness_first_transfer; /* transfer ids above it were started healed */
   uint64_t hs_second, hs_in_second;
+  uint32_t route_check_next;  /* round-robin cursor of the route check */
   uint8_t dgram[SIM_DGRAM_MAX];
 };
 
@@ -202,7 +203,7 @@ void sim_gw_crash(sim_world *w);
 void sim_gw_free(sim_world *w);
 void sim_gw_on_datagram(sim_world *w, uint32_t from, uint16_t sport, uint16_t dport,
                         const uint8_t *data, size_t len);
-void sim_gw_on_conn_timer(sim_world *w, uint32_t slot, uint32_t gen);
+void sim_gw_on_conn_timer(sim_world *w, uint32_t slot, uint32_t gen, atun_tstamp at);
 void sim_gw_revoke(sim_world *w, uint32_t node);
 int sim_gw_start_transfer(sim_world *w, int liveness);
 int sim_gw_issue_token(sim_world *w, char *secret);
