@@ -530,6 +530,10 @@ ssize_t atun_config_duration_format(char *buf, size_t buflen, uint64_t ms) {
  * ====================================================================== */
 
 static int want_string(pctx *c, const cJSON *v, const char **s, size_t *len) {
+  /* Set on every path: the optimizer can not tell that fail() returns
+   * nonzero, and callers read these only on success. */
+  *s = "";
+  *len = 0;
   if (!cJSON_IsString(v) || v->valuestring == NULL)
     return fail(c, ATUN_ERR_INVALID_ARGUMENT, "expected a string");
   *s = v->valuestring;
@@ -732,7 +736,7 @@ static int parse_log_level(pctx *c, const cJSON *v, atun_config_log_level *out) 
 
 static int parse_field(pctx *c, const field *f, const cJSON *v, void *obj) {
   char *at = (char *)obj + f->off;
-  uint64_t u;
+  uint64_t u = 0;
   int rv;
   switch (f->type) {
     case F_TEXT: return take_text(c, v, f->hi, at);
