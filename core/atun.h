@@ -54,6 +54,7 @@ typedef enum atun_error {
   ATUN_ERR_CLOSED = -224,
   ATUN_ERR_WOULDBLOCK = -225,     /* no room now; try again later */
   ATUN_ERR_STORE = -226,          /* the persistence callback failed */
+  ATUN_ERR_IO = -227,             /* a system call failed; errno tells more */
   /* Fatal errors below this line. */
   ATUN_ERR_FATAL = -500,
   ATUN_ERR_NOMEM = -501,

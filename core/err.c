@@ -29,6 +29,7 @@ const char *atun_strerror(int code) {
   case ATUN_ERR_CLOSED: return "closed";
   case ATUN_ERR_WOULDBLOCK: return "would block";
   case ATUN_ERR_STORE: return "store failure";
+  case ATUN_ERR_IO: return "I/O error";
   case ATUN_ERR_FATAL: return "fatal error";
   case ATUN_ERR_NOMEM: return "out of memory";
   case ATUN_ERR_CALLBACK_FAILURE: return "callback failure";
