@@ -503,15 +503,34 @@ void sim_gw_on_conn_timer(sim_world *w, uint32_t slot, uint32_t gen, atun_tstamp
   conn_service(w, c);
 }
 
+void sim_gw_defer_conn_timer(sim_world *w, uint64_t data, atun_tstamp at, atun_tstamp until) {
+  uint32_t slot = (uint32_t)data;
+  if (slot >= w->gw.nslots) return;
+  sim_gw_conn *c = slot_conn(w, slot);
+  if (c->used && c->gen == (uint32_t)(data >> 32) && c->timer_at == at) c->timer_at = until;
+}
+
 /* --- enrollment ----------------------------------------------------------------------- */
 
 static void on_enroll(sim_world *w, uint32_t from, const uint8_t *data, size_t len) {
   if (len != 1 + ATUN_TOKEN_SECRET_LEN || data[0] != 0xE5) return;
   const atun_token_store *st = atun_token_memstore_store(w->gw.tokens);
-  int rv = atun_token_redeem(st, (const char *)data + 1, ATUN_TOKEN_SECRET_LEN, gts(w), NULL);
+  atun_token_record rec;
+  int rv = atun_token_redeem(st, (const char *)data + 1, ATUN_TOKEN_SECRET_LEN, gts(w), &rec);
   if (rv == 0) {
     ++w->r->token_redeemed;
-    if (++w->gw.token_successes > 1) sim_violation(w, "an enrollment token was accepted twice");
+    /* Racers of an earlier race may still be retrying its token, so
+     * acceptances are counted per token. */
+    sim_token_seen *seen = NULL;
+    for (int i = 0; i < SIM_TOKENS_SEEN_MAX && seen == NULL; ++i)
+      if (strcmp(w->gw.seen[i].id, rec.id) == 0) seen = &w->gw.seen[i];
+    if (seen == NULL) {
+      seen = &w->gw.seen[w->gw.seen_next++ % SIM_TOKENS_SEEN_MAX];
+      memcpy(seen->id, rec.id, sizeof(seen->id));
+      seen->accepted = 0;
+    }
+    if (++seen->accepted > 1)
+      sim_violation(w, "enrollment token %s was accepted %u times", rec.id, seen->accepted);
   } else {
     ++w->r->token_refused;
   }
@@ -520,7 +539,6 @@ static void on_enroll(sim_world *w, uint32_t from, const uint8_t *data, size_t l
 }
 
 int sim_gw_issue_token(sim_world *w, char *secret) {
-  w->gw.token_successes = 0;
   const atun_token_store *st = atun_token_memstore_store(w->gw.tokens);
   atun_tstamp ts = gts(w);
   atun_token_record rec;

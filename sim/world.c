@@ -125,7 +125,10 @@ int sim_options_from_seed(sim_options *o, uint64_t seed, const char *scenario,
   o->seed = seed;
   atun_testrng r;
   atun_testrng_seed(&r, seed ^ 0x6f7074696f6e73ULL);
-  o->agents = agents ? agents : (uint32_t)draw(&r, 2, 12);
+  /* Draw even when overridden, so --agents leaves every other option as
+   * the seed made it (the reproduce line names the fleet size). */
+  uint32_t drawn = (uint32_t)draw(&r, 2, 12);
+  o->agents = agents ? agents : drawn;
   if (strcmp(scenario, "storm") == 0 && agents == 0) o->agents = 1000;
   o->duration_ns = duration_ns ? duration_ns : 300 * SEC;
   o->heartbeat_ns = 10 * SEC;
@@ -610,6 +613,9 @@ static int converged(sim_world *w) {
   if (ok != wanted) return 0;
   static const int liveness_transfers = 4;
   if (w->next_transfer_id < w->liveness_first_transfer + liveness_transfers) {
+    /* Transfers of the fault phase finish first: they hold the simulated
+     * targets' stream slots. */
+    if (transfers_pending(w)) return 0;
     for (int i = 0; i < 16 && w->next_transfer_id < w->liveness_first_transfer + liveness_transfers; ++i)
       sim_gw_start_transfer(w, 1);
     return 0;
@@ -641,11 +647,27 @@ static void on_check(sim_world *w) {
     return;
   }
   if (w->liveness && w->now - w->heal_at > w->o.liveness_ns) {
-    uint32_t offline = 0;
-    for (uint32_t n = 1; n <= w->o.agents; ++n)
-      offline += !w->agents[n].revoked && !sim_agent_online(&w->agents[n]);
-    sim_violation(w, "no convergence within %llus after healing (%u agents not established)",
-                  (unsigned long long)(w->o.liveness_ns / SEC), offline);
+    uint32_t offline = 0, stale = 0, pending = 0;
+    for (uint32_t n = 1; n <= w->o.agents; ++n) {
+      sim_agent *a = &w->agents[n];
+      if (a->revoked) continue;
+      if (!sim_agent_online(a)) ++offline;
+      else if (!w->gw.up || !check_agent_routes(w, a, 1)) {
+        ++stale;
+        atun_registry_agent_info info = {0};
+        int rv = w->gw.up ? atun_registry_get(w->gw.reg, a->id, sim_node_ts(w, SIM_GW_NODE), &info)
+                          : ATUN_ERR_STATE;
+        sim_log(w, "agent %u unconverged: registry %s status=%s epoch=%llu(%d) subnets=%zu; "
+                "agent epoch=%llu version=%u", n, atun_strerror(rv),
+                atun_agent_status_name(info.status), (unsigned long long)info.route_epoch,
+                info.has_route_epoch, info.nsubnets,
+                (unsigned long long)atun_session_agent_get_epoch(a->session), a->route_version);
+      }
+    }
+    for (int i = 0; i < SIM_TRANSFERS_MAX; ++i) pending += w->transfers[i].used != 0;
+    sim_violation(w, "no convergence within %llus after healing: %u agents not established, "
+                  "%u without their current routes online, %u transfers pending",
+                  (unsigned long long)(w->o.liveness_ns / SEC), offline, stale, pending);
     return;
   }
   schedule(w, w->now + CHECK_EVERY_NS, EV_CHECK, 0, 0);
@@ -674,6 +696,11 @@ static int deferred(sim_world *w, const sim_event *ev) {
   if (ev->kind == SIM_EV_DELIVER || ev->kind == EV_AGENT_TIMER || ev->kind == EV_CONN_TIMER) {
     atun_tstamp until = node == SIM_GW_NODE ? w->gw.paused_until : w->agents[node].paused_until;
     if (until > w->now) {
+      /* A deferred timer stays the armed one, at its new time. */
+      if (ev->kind == EV_AGENT_TIMER && w->agents[node].timer_at == ev->at)
+        w->agents[node].timer_at = until;
+      if (ev->kind == EV_CONN_TIMER) sim_gw_defer_conn_timer(w, (uint64_t)(uintptr_t)ev->data,
+                                                             ev->at, until);
       if (sim_evq_push(&w->q, until, ev->kind, ev->node, ev->data) != 0)
         sim_fatal(w, "defer", ATUN_ERR_FULL);
       return 1;

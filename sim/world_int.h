@@ -125,6 +125,14 @@ typedef struct sim_transfer {
   int liveness;            /* started in the liveness phase */
 } sim_transfer;
 
+/* Tokens live 60 s and races start at least 10 s apart: 16 remembered
+ * tokens cover every token that can still be redeemed. */
+#define SIM_TOKENS_SEEN_MAX 16
+typedef struct sim_token_seen {
+  char id[ATUN_TOKEN_ID_STRLEN];
+  uint32_t accepted;
+} sim_token_seen;
+
 typedef struct sim_gw {
   int up;
   uint64_t incarnation;
@@ -138,8 +146,8 @@ typedef struct sim_gw {
   /* Durable state, kept across crashes. */
   uint8_t *revoked;        /* by agent node */
   atun_token_memstore *tokens;
-  uint32_t token_successes;/* redemptions of the current race's token */
-  int race_active;
+  sim_token_seen seen[SIM_TOKENS_SEEN_MAX]; /* acceptances per token */
+  uint32_t seen_next;
 } sim_gw;
 
 struct sim_world {
@@ -204,6 +212,7 @@ void sim_gw_free(sim_world *w);
 void sim_gw_on_datagram(sim_world *w, uint32_t from, uint16_t sport, uint16_t dport,
                         const uint8_t *data, size_t len);
 void sim_gw_on_conn_timer(sim_world *w, uint32_t slot, uint32_t gen, atun_tstamp at);
+void sim_gw_defer_conn_timer(sim_world *w, uint64_t data, atun_tstamp at, atun_tstamp until);
 void sim_gw_revoke(sim_world *w, uint32_t node);
 int sim_gw_start_transfer(sim_world *w, int liveness);
 int sim_gw_issue_token(sim_world *w, char *secret);
