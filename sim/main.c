@@ -128,11 +128,12 @@ static void print_result(const sim_options *o, const sim_result *r, double wall)
          (unsigned long long)r->handshakes, (unsigned long long)r->reconnects,
          (unsigned long long)r->handshake_peak_per_s, (unsigned long long)r->transfers_ok,
          (unsigned long long)r->transfers_failed, (unsigned long long)r->bytes_verified);
-  printf("  faults: gw_crashes=%llu agent_crashes=%llu partitions=%llu pauses=%llu "
+  printf("  faults: gw_crashes=%llu agent_crashes=%llu partitions=%llu clogs=%llu pauses=%llu "
          "route_changes=%llu revocations=%llu revoked_refused=%llu tokens=%llu redeemed=%llu "
          "refused=%llu\n",
          (unsigned long long)r->gw_crashes, (unsigned long long)r->agent_crashes,
-         (unsigned long long)r->partitions, (unsigned long long)r->pauses,
+         (unsigned long long)r->partitions, (unsigned long long)r->clogs,
+         (unsigned long long)r->pauses,
          (unsigned long long)r->route_changes, (unsigned long long)r->revocations,
          (unsigned long long)r->revoked_refused, (unsigned long long)r->tokens_issued,
          (unsigned long long)r->token_redeemed, (unsigned long long)r->token_refused);

@@ -84,6 +84,9 @@ static int schedule(sim_net *net, sim_link *l, uint32_t from, uint32_t to,
  * the ones before it; the queue in front of the link holds a bounded number of
  * bytes. */
 static atun_tstamp departure(sim_link *l, size_t len, atun_tstamp now) {
+  /* A clogged link holds datagrams (unlike a partition, which drops them)
+   * and lets them go, in order, when it clears. */
+  if (l->clog_until > now) now = l->clog_until;
   if (l->p.bandwidth_bps == 0) return now;
   atun_tstamp start = l->busy_until > now ? l->busy_until : now;
   l->busy_until = start + (atun_tstamp)len * 8 * ATUN_NS_PER_S / l->p.bandwidth_bps;

@@ -32,6 +32,7 @@ sim_link_params sim_link_params_default(void);
 typedef struct sim_link {
   sim_link_params p;
   atun_tstamp busy_until;     /* serialisation of the bandwidth model */
+  atun_tstamp clog_until;     /* clogged: nothing leaves before this */
   uint32_t queued_bytes;
 } sim_link;
 

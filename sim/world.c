@@ -52,6 +52,11 @@ static void draw_swarm(sim_faults *f, atun_testrng *r) {
     f->agent_crash_every_ns = draw(r, 10, 60) * SEC;
     f->agent_down_ns = draw(r, 1, 30) * SEC;
   }
+  if (coin(r)) f->bandwidth_bps = draw(r, 1, 100) * 1000000;
+  if (coin(r)) {
+    f->clog_every_ns = draw(r, 20, 120) * SEC;
+    f->clog_len_ns = draw(r, 100, 20000) * MS;
+  }
   if (coin(r)) {
     f->pause_every_ns = draw(r, 20, 120) * SEC;
     f->pause_len_ns = draw(r, 100, 10000) * MS;
@@ -157,6 +162,8 @@ static const struct fault_key {
     {"gw_down", offsetof(sim_faults, gw_down_ns), 0},
     {"agent_crash_every", offsetof(sim_faults, agent_crash_every_ns), 0},
     {"agent_down", offsetof(sim_faults, agent_down_ns), 0},
+    {"clog_every", offsetof(sim_faults, clog_every_ns), 0},
+    {"clog_len", offsetof(sim_faults, clog_len_ns), 0},
     {"pause_every", offsetof(sim_faults, pause_every_ns), 0},
     {"pause_len", offsetof(sim_faults, pause_len_ns), 0},
     {"route_change_every", offsetof(sim_faults, route_change_every_ns), 0},
@@ -425,6 +432,15 @@ static void fault_partition(sim_world *w) {
   schedule(w, w->now + len, EV_FAULT, node, F_PARTITION_END | (uint64_t)dir << 8);
 }
 
+static void fault_clog(sim_world *w) {
+  uint32_t node = random_agent(w);
+  int up = coin(&w->rng);
+  sim_link *l = up ? sim_net_link(&w->net, node, SIM_GW_NODE) : sim_net_link(&w->net, SIM_GW_NODE, node);
+  l->clog_until = w->now + 1 + atun_testrng_below(&w->rng, 2 * w->o.faults.clog_len_ns);
+  ++w->r->clogs;
+  sim_log(w, "fault: clog %s link of agent %u", up ? "up" : "down", node);
+}
+
 static void fault_pause(sim_world *w) {
   uint32_t node = atun_testrng_below(&w->rng, 5) == 0 ? SIM_GW_NODE : random_agent(w);
   atun_tstamp until = w->now + 1 + atun_testrng_below(&w->rng, 2 * w->o.faults.pause_len_ns);
@@ -501,9 +517,14 @@ static void on_fault(sim_world *w, uint32_t node, uint64_t data) {
   case F_PARTITION_END:
     set_partition(w, node, (int)(data >> 8), 1);
     break;
+  case F_CLOG:
+    fault_clog(w);
+    schedule_fault(w, f->clog_every_ns, F_CLOG);
+    break;
   case F_PAUSE:
     fault_pause(w);
     schedule_fault(w, f->pause_every_ns, F_PAUSE);
+  schedule_fault(w, f->clog_every_ns, F_CLOG);
     break;
   case F_ROUTE_CHANGE:
     sim_agent_change_routes(&w->agents[random_agent(w)]);
@@ -532,6 +553,7 @@ static void schedule_all_faults(sim_world *w) {
   schedule_fault(w, f->agent_crash_every_ns, F_AGENT_CRASH);
   schedule_fault(w, f->partition_every_ns, F_PARTITION);
   schedule_fault(w, f->pause_every_ns, F_PAUSE);
+  schedule_fault(w, f->clog_every_ns, F_CLOG);
   schedule_fault(w, f->route_change_every_ns, F_ROUTE_CHANGE);
   schedule_fault(w, f->revoke_every_ns, F_REVOKE);
   schedule_fault(w, f->transfer_every_ns, F_TRANSFER);
@@ -550,6 +572,8 @@ static void heal(sim_world *w) {
   for (uint32_t n = 1; n <= w->o.agents; ++n) {
     sim_net_link(&w->net, n, SIM_GW_NODE)->p = clean;
     sim_net_link(&w->net, SIM_GW_NODE, n)->p = clean;
+    sim_net_link(&w->net, n, SIM_GW_NODE)->clog_until = 0;
+    sim_net_link(&w->net, SIM_GW_NODE, n)->clog_until = 0;
     sim_agent *a = &w->agents[n];
     a->paused_until = 0;
     if (a->crashed && sim_agent_start(a) != 0) sim_fatal(w, "agent start", ATUN_ERR_NOMEM);

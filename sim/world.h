@@ -41,6 +41,8 @@ typedef struct sim_faults {
   uint64_t gw_down_ns;        /* mean gateway downtime */
   uint64_t agent_crash_every_ns; /* fleet-wide mean between agent crashes */
   uint64_t agent_down_ns;
+  uint64_t clog_every_ns;     /* mean between clogged links (held, not lost) */
+  uint64_t clog_len_ns;
   uint64_t pause_every_ns;    /* fleet-wide mean between process pauses */
   uint64_t pause_len_ns;
   uint64_t route_change_every_ns; /* fleet-wide */
@@ -80,7 +82,7 @@ typedef struct sim_result {
   uint64_t bytes_verified;
   uint64_t tokens_issued, token_redeemed, token_refused;
   uint64_t revocations, revoked_refused;
-  uint64_t gw_crashes, agent_crashes, partitions, pauses, route_changes;
+  uint64_t gw_crashes, agent_crashes, partitions, clogs, pauses, route_changes;
   sim_net_stats net;
   size_t mem_peak_bytes;
   long mem_live_after;    /* blocks left after teardown: must be 0 */
