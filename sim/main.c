@@ -123,10 +123,12 @@ static void print_result(const sim_options *o, const sim_result *r, double wall)
   printf("result: %s seed=%llu trace=%016llx sim_time=%.1fs converged_after=%.1fs events=%llu\n",
          r->ok ? "PASS" : "FAIL", (unsigned long long)o->seed, (unsigned long long)r->trace_hash,
          simsec, (double)r->converged_after_ns / SEC, (unsigned long long)r->events);
-  printf("  sessions=%llu reconnects=%llu peak_handshakes_per_s=%llu transfers ok=%llu "
+  printf("  sessions=%llu reconnects=%llu peak_handshakes_per_s=%llu (after a gateway restart %llu) "
+         "transfers ok=%llu "
          "failed=%llu bytes_verified=%llu\n",
          (unsigned long long)r->handshakes, (unsigned long long)r->reconnects,
-         (unsigned long long)r->handshake_peak_per_s, (unsigned long long)r->transfers_ok,
+         (unsigned long long)r->handshake_peak_per_s,
+         (unsigned long long)r->handshake_peak_restart_per_s, (unsigned long long)r->transfers_ok,
          (unsigned long long)r->transfers_failed, (unsigned long long)r->bytes_verified);
   printf("  faults: gw_crashes=%llu agent_crashes=%llu partitions=%llu clogs=%llu pauses=%llu "
          "route_changes=%llu revocations=%llu revoked_refused=%llu tokens=%llu redeemed=%llu "

@@ -66,6 +66,8 @@ static void on_established(sim_world *w, sim_gw_conn *c) {
     w->hs_in_second = 0;
   }
   if (++w->hs_in_second > w->r->handshake_peak_per_s) w->r->handshake_peak_per_s = w->hs_in_second;
+  if (w->gw.incarnation > 1 && w->hs_in_second > w->r->handshake_peak_restart_per_s)
+    w->r->handshake_peak_restart_per_s = w->hs_in_second;
 }
 
 static void on_advertise(sim_world *w, sim_gw_conn *c, const atun_route_advertise *ad) {

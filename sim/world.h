@@ -77,6 +77,7 @@ typedef struct sim_result {
   uint64_t events_by_kind[8]; /* deliveries, agent timers, conn timers, ... */
   uint64_t handshakes;    /* control sessions established */
   uint64_t handshake_peak_per_s;
+  uint64_t handshake_peak_restart_per_s; /* after the first gateway restart */
   uint64_t reconnects;
   uint64_t transfers_ok, transfers_failed;
   uint64_t bytes_verified;
