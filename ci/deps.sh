@@ -15,7 +15,7 @@ WORK="${PREFIX}.work"
 RECIPE=4   # bump when the build steps below change
 
 PACKAGES=(
-  build-essential cmake pkg-config git ca-certificates curl
+  build-essential cmake pkg-config git ca-certificates curl python3 procps systemd iproute2
   clang llvm libclang-rt-14-dev
   libev-dev libcjson-dev libcriterion-dev lcov
   libsqlite3-dev libhttp-parser-dev libc-ares-dev
