@@ -74,20 +74,21 @@ typedef struct rlist {
   ritem item[];
 } rlist;
 
+/* Fields a lookup reads come first, so a node costs it few cache lines. */
 typedef struct tnode {
   uint64_t key[2];
+  uint8_t len; /* a multiple of STRIDE */
+  uint8_t fam;
+  uint8_t nchildren;
+  uint16_t used;          /* slots with agents */
+  uint16_t multi;         /* slots with more than one agent */
+  uint32_t first[NSLOTS]; /* slot[i]->item[0].agent while used */
+  struct tnode *child[FANOUT];
+  rlist *slot[NSLOTS];
   struct tnode *parent;
   uint64_t stamp; /* last replace that touched it, to spot duplicates */
   uint16_t seen;  /* slots that replace already took */
-  uint16_t used;  /* slots with agents */
   uint16_t lists; /* slots with an rlist, empty ones included */
-  uint16_t multi; /* slots with more than one agent */
-  uint8_t len;    /* a multiple of STRIDE */
-  uint8_t fam;
-  uint8_t nchildren;
-  struct tnode *child[FANOUT];
-  rlist *slot[NSLOTS];
-  uint32_t first[NSLOTS]; /* slot[i]->item[0].agent while used */
 } tnode;
 
 typedef struct dnode {
@@ -971,7 +972,10 @@ static void lookup_addr(const atun_route_table *t, const atun_addr *a,
       if (n->used & (1u << slot)) {
         /* Fetch the agents while the walk goes on: the two cache misses
          * then overlap instead of adding up. */
-        if (n->multi & (1u << slot)) __builtin_prefetch(n->slot[slot]);
+        if (n->multi & (1u << slot))
+          __builtin_prefetch(n->slot[slot]);
+        else
+          __builtin_prefetch(&n->first[slot]);
         hits[nhits].node = n;
         hits[nhits++].slot = slot;
       }
