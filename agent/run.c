@@ -17,9 +17,8 @@
  * session's output into the stream, close the connection if the session
  * asked, re-arm the session timer, and stop the loop once a drain is over.
  *
- * Streams the gateway opens (proxied TCP connections) belong to the data
- * plane, which is not here yet: they are reset with CONNECT_FAILED, which
- * the gateway treats like a failed connect.
+ * Streams the gateway opens (proxied TCP connections) go to the data plane
+ * (target.h); the connection's end aborts all of them.
  */
 #include <ev.h>
 #include <getopt.h>
@@ -36,8 +35,10 @@
 #include "fsutil.h"
 #include "log.h"
 #include "quic_ev.h"
+#include "renew.h"
 #include "routes.h"
 #include "session_agent.h"
+#include "target.h"
 #include "version.h"
 
 /* Bytes moved from the session to the control stream per write call. */
@@ -54,6 +55,7 @@ typedef struct agent {
   atun_quic_settings quic;
   atun_quic_ev *ep;
   atun_session_agent *session;
+  agent_dp *dp;
   /* The current connection; NULL between attempts. */
   atun_quic_conn *conn;
   int64_t ctrl;   /* control stream id, -1 while none */
@@ -91,6 +93,7 @@ static const char usage_text[] =
     "error (not enrolled, unreadable key or certificate).\n";
 
 static void service(agent *a);
+static void use_renewed_cert(agent *a);
 
 /* The config counts levels up from error, the log up from debug. */
 static atun_log_level log_level_of(atun_config_log_level l) {
@@ -143,7 +146,10 @@ static int advertise(agent *a, const atun_config_agent *cfg) {
   agent_routes r;
   int rv = build_routes(cfg, &r);
   if (rv != 0) return rv;
-  rv = atun_session_agent_set_routes(a->session, now(a), r.subnets, r.subnet_count,
+  rv = agent_dp_configure(a->dp, cfg, r.subnets, r.subnet_count, r.domains,
+                          r.domain_count);
+  if (rv == 0)
+    rv = atun_session_agent_set_routes(a->session, now(a), r.subnets, r.subnet_count,
                                      r.domains, r.domain_count);
   if (rv == 0)
     atun_log(ATUN_LOG_INFO, "agent", "routes", "epoch=%llu subnets=%zu domains=%zu "
@@ -194,6 +200,7 @@ static void dial(agent *a) {
     atun_quic_ev_abort(a->conn);
     a->conn = NULL;
   }
+  use_renewed_cert(a);
   ++a->attempt;
   a->ctrl = -1;
   a->ctrl_unacked = 0;
@@ -274,12 +281,13 @@ static void arm(agent *a) {
 
 /* The session drains until the gateway closes or the drain timeout fires;
  * it does not know about proxied streams.  Once the gateway has acked
- * Goodbye and no stream is open (always, until the data plane exists),
- * nothing is left to wait for: close now, which ends the drain. */
+ * Goodbye and no stream is open, nothing is left to wait for: close now,
+ * which ends the drain. */
 static void finish_drain(agent *a) {
   if (!a->stopping || a->conn == NULL || a->close_sent || a->told ||
       atun_session_agent_get_state(a->session) != ATUN_SESSION_AGENT_DRAINING ||
-      atun_session_agent_pending(a->session) > 0 || a->ctrl_unacked > 0)
+      atun_session_agent_pending(a->session) > 0 || a->ctrl_unacked > 0 ||
+      agent_dp_count(a->dp) > 0)
     return;
   a->close_sent = 1;
   atun_quic_ev_close(a->conn, ATUN_APP_SHUTDOWN, "drained");
@@ -298,8 +306,13 @@ static void maybe_stop(agent *a) {
   ev_break(a->loop, EVBREAK_ALL);
 }
 
+/* Certificate renewal (renew.h); one agent per process. */
+static agent_renew renewal;
+
 static void service(agent *a) {
   if (a->dial_pending && a->in_cb == 0) dial(a);
+  session_ok(a, agent_renew_tick(&renewal, &a->cfg, a->session, now(a),
+                                 agent_renew_wall_now()), "renewal");
   pump(a);
   close_if_asked(a);
   finish_drain(a);
@@ -340,12 +353,16 @@ static int on_session_event(atun_session_agent *s, const atun_session_agent_even
   case ATUN_SESSION_AGENT_EV_ESTABLISHED:
     a->admitted = 1;
     log_established(ev);
+    agent_renew_on_established(&renewal);
     break;
   case ATUN_SESSION_AGENT_EV_GATEWAY_DEAD:
     atun_log(ATUN_LOG_WARN, "agent", "gateway_dead", "missed=%u",
              (unsigned)ev->u.gateway_dead.missed);
     break;
   case ATUN_SESSION_AGENT_EV_ERROR: log_error(ev); break;
+  case ATUN_SESSION_AGENT_EV_RENEW_RESPONSE:
+    (void)agent_renew_on_response(&renewal, &a->cfg, ev->u.renew, agent_renew_wall_now());
+    break;
   case ATUN_SESSION_AGENT_EV_GOODBYE:
     atun_log(ATUN_LOG_INFO, "agent", "gateway_goodbye", "reason=%llu message=%s",
              (unsigned long long)ev->u.goodbye.reason, ev->u.goodbye.message);
@@ -393,17 +410,19 @@ static int on_handshake(atun_quic_conn *conn, void *ud) {
 }
 
 static int on_stream_open(atun_quic_conn *conn, int64_t id, void *ud) {
-  (void)ud;
-  atun_log(ATUN_LOG_DEBUG, "agent", "stream_refused", "stream=%lld reason=%s",
-           (long long)id, "no data plane");
-  (void)atun_quic_stream_shutdown(conn, id, ATUN_APP_CONNECT_FAILED);
+  agent *a = ud;
+  if (conn == a->conn) agent_dp_on_stream_open(a->dp, conn, id);
+  else atun_quic_stream_shutdown(conn, id, ATUN_APP_CONNECT_FAILED);
   return 0;
 }
 
 static int on_stream_data(atun_quic_conn *conn, int64_t id, const uint8_t *data,
                           size_t len, int fin, void *ud, void *sud) {
   agent *a = ud;
-  (void)sud;
+  if (sud != NULL) {
+    agent_dp_on_stream_data(a->dp, conn, id, data, len, fin, sud);
+    return 0;
+  }
   atun_quic_stream_consume(conn, id, len);
   if (conn != a->conn || id != a->ctrl) return 0;
   int rv = len > 0 ? atun_session_agent_on_data(a->session, now(a), data, len) : 0;
@@ -414,7 +433,10 @@ static int on_stream_data(atun_quic_conn *conn, int64_t id, const uint8_t *data,
 static int on_stream_reset(atun_quic_conn *conn, int64_t id, uint64_t err, void *ud,
                            void *sud) {
   agent *a = ud;
-  (void)err, (void)sud;
+  if (sud != NULL) {
+    agent_dp_on_stream_reset(a->dp, err, sud);
+    return 0;
+  }
   if (conn != a->conn || id != a->ctrl) return 0;
   return after(a, atun_session_agent_on_stream_closed(a->session, now(a)),
                "control_reset");
@@ -424,6 +446,7 @@ static int on_stream_acked(atun_quic_conn *conn, int64_t id, size_t n, void *ud,
                            void *sud) {
   agent *a = ud;
   (void)sud;
+  agent_dp_on_acked(a->dp, conn);
   if (conn != a->conn || id != a->ctrl) return 0;
   a->ctrl_unacked -= n <= a->ctrl_unacked ? n : a->ctrl_unacked;
   return after(a, 0, "control_acked");
@@ -432,7 +455,7 @@ static int on_stream_acked(atun_quic_conn *conn, int64_t id, size_t n, void *ud,
 static int on_stream_closed(atun_quic_conn *conn, int64_t id, int has_error,
                             uint64_t err, void *ud, void *sud) {
   agent *a = ud;
-  (void)has_error, (void)err, (void)sud;
+  if (sud != NULL) agent_dp_on_stream_closed(a->dp, has_error, err, sud);
   if (conn == a->conn && id == a->ctrl) a->ctrl = -1;
   return 0;
 }
@@ -479,6 +502,7 @@ static void log_close(const atun_quic_close_info *info, int admitted) {
 static void on_connection_closed(atun_quic_conn *conn, const atun_quic_close_info *info,
                                  void *ud) {
   agent *a = ud;
+  agent_dp_conn_gone(a->dp, conn);
   if (conn != a->conn) return;
   log_close(info, a->admitted);
   a->ctrl = -1;
@@ -502,6 +526,7 @@ static void on_conn_deleted(atun_quic_ev *ep, atun_quic_conn *conn, void *conn_u
                             void *ep_ud) {
   agent *a = ep_ud;
   (void)ep, (void)conn_ud;
+  agent_dp_conn_gone(a->dp, conn);
   if (conn != a->conn) return;
   a->conn = NULL;
   a->ctrl = -1;
@@ -666,6 +691,17 @@ static int make_session(agent *a) {
                                 atun_mem_default(), a);
 }
 
+/* The last stream of a drain ended: the service step (from the loop, not
+ * inside the data plane) may close now. */
+static void on_dp_count(size_t count, void *ud) {
+  agent *a = ud;
+  atun_session_agent_set_active_streams(a->session, (uint32_t)count);
+  if (count > 0 || !a->stopping) return;
+  ev_timer_stop(a->loop, &a->timer);
+  ev_timer_set(&a->timer, 0., 0.);
+  ev_timer_start(a->loop, &a->timer);
+}
+
 static int make_endpoint(agent *a) {
   atun_quic_settings_default(&a->quic);
   /* The gateway picks the heartbeat interval (up to 10 minutes): PINGs keep
@@ -676,6 +712,29 @@ static int make_endpoint(agent *a) {
                               .mem = atun_mem_default(), .rand = *atun_ca_sysrand()};
   atun_quic_ev_hooks hooks = {.on_closed = on_conn_deleted};
   return atun_quic_ev_client_new(&a->ep, a->loop, NULL, &cc, &hooks, a);
+}
+
+/* A renewed certificate is taken up between connections: the endpoint
+ * holds the TLS context, so both are built anew from the files.  If that
+ * fails the old pair stays (make_tls has logged why). */
+static void use_renewed_cert(agent *a) {
+  if (!agent_renew_take_installed(&renewal)) return;
+  atun_quic_tls *old_tls = a->tls;
+  atun_quic_ev *old_ep = a->ep;
+  int rv = make_tls(a);
+  if (rv == 0) {
+    rv = make_endpoint(a);
+    if (rv != 0) atun_quic_tls_del(a->tls);
+  }
+  if (rv != 0) {
+    a->tls = old_tls;
+    a->ep = old_ep;
+    atun_log(ATUN_LOG_WARN, "agent", "cert_reload_failed", "error=%s", atun_strerror(rv));
+    return;
+  }
+  atun_quic_ev_del(old_ep);
+  atun_quic_tls_del(old_tls);
+  atun_log(ATUN_LOG_INFO, "agent", "cert_reloaded", "path=%s", a->cfg.cert_file);
 }
 
 static int load(agent *a) {
@@ -729,6 +788,9 @@ static int start(agent *a) {
            AGENT_VERSION, a->cfg.agent_id, a->cfg.name, gw);
   int rv = make_session(a);
   if (rv == 0) rv = make_endpoint(a);
+  if (rv == 0)
+    rv = agent_dp_new(&a->dp, a->loop, AGENT_DP_SESSIONS_MAX, a->cfg.resolv_conf,
+                      on_dp_count, a);
   if (rv != 0) {
     atun_log(ATUN_LOG_ERROR, "agent", "start_failed", "error=%s", atun_strerror(rv));
     return AGENT_EXIT_FAILURE;
@@ -753,7 +815,8 @@ static int start(agent *a) {
 static void teardown(agent *a) {
   /* The loop is over: deleting the connection is no news for the session. */
   a->conn = NULL;
-  atun_quic_ev_del(a->ep);
+  atun_quic_ev_del(a->ep); /* aborts the data plane's pipes first */
+  agent_dp_del(a->dp);
   atun_session_agent_del(a->session);
   atun_quic_tls_del(a->tls);
   atun_config_agent_free(&a->cfg);
