@@ -32,6 +32,7 @@
 #include "gw.h"
 #include "log.h"
 #include "session_gw.h"
+#include "socks.h"
 
 #define CONN_MAGIC 0x67776331u
 /* Control-stream bytes moved per pump step. */
@@ -64,6 +65,9 @@ struct atun_gw_conn {
   uint8_t *renew_csr;  /* its CSR (DER); NULL if the copy failed */
   size_t renew_csr_len;
   atun_tstamp renew_last;
+  uint32_t handle;          /* route-table handle while registered */
+  atun_gw_streams streams;  /* session streams the gateway opened */
+  int flush_pending;        /* streams were reset outside a callback */
 };
 
 static void conn_service(atun_gw_conn *c);
@@ -101,6 +105,14 @@ static int on_registry_offline(const uint8_t *id, uint32_t handle, atun_tstamp l
   atun_log(ATUN_LOG_WARN, "gateway", "agent_offline",
            "agent_id=%s agent_name=%s silent_ms=%llu", text, name,
            (unsigned long long)(atun_registry_offline_timeout(gw->reg) / ATUN_NS_PER_MS));
+  /* The connection may linger until the QUIC idle timeout; its clients
+   * must not hang that long on an agent that stopped answering. */
+  for (atun_gw_conn *c = gw->conns; c != NULL; c = c->next) {
+    if (c->closed || c->generation == 0 || memcmp(c->id, id, 16) != 0) continue;
+    atun_gw_streams_reset(&c->streams, ATUN_APP_HEARTBEAT_TIMEOUT);
+    c->flush_pending = 1; /* not here: a flush may reenter the registry */
+    break;
+  }
   return 0;
 }
 
@@ -109,6 +121,13 @@ static void on_registry_timer(struct ev_loop *loop, ev_timer *w, int revents) {
   (void)loop, (void)revents;
   atun_registry_handle_expiry(gw->reg, atun_gw_mono_now());
   registry_rearm(gw);
+  atun_gw_conn *next;
+  for (atun_gw_conn *c = gw->conns; c != NULL; c = next) {
+    next = c->next; /* a flush may delete |c| */
+    if (!c->flush_pending) continue;
+    c->flush_pending = 0;
+    atun_quic_ev_flush(c->conn);
+  }
 }
 
 static void conn_unregister(atun_gw_conn *c) {
@@ -169,6 +188,8 @@ static void on_established(atun_gw_conn *c, const atun_session_gw_event *ev) {
     return;
   }
   c->generation = gen;
+  atun_registry_agent_info info;
+  if (atun_registry_get(gw->reg, c->id, now, &info) == 0) c->handle = info.handle;
   close_older(c);
   registry_rearm(gw);
   atun_log(ATUN_LOG_INFO, "gateway", "agent_connected",
@@ -210,8 +231,7 @@ static void on_heartbeat(atun_gw_conn *c, const atun_session_gw_event *ev) {
     atun_log(ATUN_LOG_INFO, "gateway", "agent_online", "agent_id=%s agent_name=%s", c->id_text,
              c->name);
   if (rv >= 0)
-    atun_registry_set_active_streams(c->gw->reg, c->id, c->generation,
-                                     ev->u.heartbeat.active_streams);
+    atun_registry_set_active_streams(c->gw->reg, c->id, c->generation, c->streams.count);
   registry_rearm(c->gw);
 }
 
@@ -452,7 +472,11 @@ static int cb_stream_open(atun_quic_conn *conn, int64_t sid, void *ud) {
 static int cb_stream_data(atun_quic_conn *conn, int64_t sid, const uint8_t *data, size_t len,
                           int fin, void *ud, void *sud) {
   atun_gw_conn *c = as_conn(ud);
-  (void)sud;
+  if (c != NULL && sid != c->ctrl && sud != NULL) {
+    /* A session stream: its pipe consumes what the client socket took. */
+    atun_gw_client_on_stream_data(sud, data, len, fin);
+    return 0;
+  }
   atun_quic_stream_consume(conn, sid, len);
   if (c == NULL || sid != c->ctrl || c->session == NULL) return 0;
   atun_tstamp now = atun_gw_mono_now();
@@ -465,7 +489,11 @@ static int cb_stream_data(atun_quic_conn *conn, int64_t sid, const uint8_t *data
 
 static int cb_stream_reset(atun_quic_conn *conn, int64_t sid, uint64_t err, void *ud, void *sud) {
   atun_gw_conn *c = as_conn(ud);
-  (void)conn, (void)err, (void)sud;
+  (void)conn;
+  if (c != NULL && sid != c->ctrl && sud != NULL) {
+    atun_gw_client_on_stream_reset(sud, err);
+    return 0;
+  }
   if (c == NULL || sid != c->ctrl || c->session == NULL) return 0;
   session_check(c, atun_session_gw_on_stream_closed(c->session, atun_gw_mono_now()));
   conn_service(c);
@@ -475,7 +503,19 @@ static int cb_stream_reset(atun_quic_conn *conn, int64_t sid, uint64_t err, void
 static int cb_stream_acked(atun_quic_conn *conn, int64_t sid, size_t n, void *ud, void *sud) {
   atun_gw_conn *c = as_conn(ud);
   (void)conn, (void)n, (void)sud;
-  if (c != NULL && sid == c->ctrl) conn_service(c);
+  if (c == NULL) return 0;
+  /* The send buffer is shared: any ack may give every waiting pipe room. */
+  atun_gw_streams_on_writable(&c->streams);
+  if (sid == c->ctrl) conn_service(c);
+  return 0;
+}
+
+static int cb_stream_closed(atun_quic_conn *conn, int64_t sid, int has_error, uint64_t app_error,
+                            void *ud, void *sud) {
+  atun_gw_conn *c = as_conn(ud);
+  (void)conn;
+  if (c != NULL && sid != c->ctrl && sud != NULL)
+    atun_gw_client_on_stream_closed(sud, has_error, app_error);
   return 0;
 }
 
@@ -504,6 +544,7 @@ static void cb_connection_closed(atun_quic_conn *conn, const atun_quic_close_inf
     return;
   }
   c->closed = 1;
+  atun_gw_streams_conn_gone(gw, &c->streams);
   if (c->session != NULL) atun_session_gw_on_transport_failed(c->session, atun_gw_mono_now());
   conn_unregister(c);
   ev_timer_stop(gw->loop, &c->timer);
@@ -522,6 +563,7 @@ static const atun_quic_callbacks gw_callbacks = {
     .stream_data = cb_stream_data,
     .stream_reset = cb_stream_reset,
     .stream_acked = cb_stream_acked,
+    .stream_closed = cb_stream_closed,
     .connection_closed = cb_connection_closed,
 };
 
@@ -542,6 +584,7 @@ static void on_closed(atun_quic_ev *ep, atun_quic_conn *conn, void *conn_ud, voi
   atun_gw_conn *c = as_conn(conn_ud);
   (void)ep, (void)conn, (void)ud;
   if (c == NULL) return;
+  atun_gw_streams_conn_gone(c->gw, &c->streams);
   conn_unregister(c);
   ev_timer_stop(c->gw->loop, &c->timer);
   atun_session_gw_del(c->session);
@@ -654,4 +697,18 @@ size_t atun_gw_agents_open(const atun_gw *gw) {
   if (gw->quic == NULL) return 0;
   atun_quic_ev_get_stats(gw->quic, &st);
   return st.conns_open;
+}
+
+int atun_gw_agents_link(atun_gw *gw, uint32_t handle, atun_gw_agent_link *out) {
+  /* Linear in the open connections; a handle index would replace this if
+   * connects per second times agents ever shows up in a profile. */
+  for (atun_gw_conn *c = gw->conns; c != NULL; c = c->next) {
+    if (c->closed || c->close_sent || c->generation == 0 || c->handle != handle) continue;
+    out->conn = c->conn;
+    out->streams = &c->streams;
+    memcpy(out->id, c->id, sizeof(out->id));
+    out->generation = c->generation;
+    return 0;
+  }
+  return ATUN_ERR_NOT_FOUND;
 }

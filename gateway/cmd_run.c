@@ -22,6 +22,7 @@
 #include "cmds.h"
 #include "gw.h"
 #include "log.h"
+#include "socks.h"
 
 #define HOUSEKEEPING_S 60.0
 #define RENEW_CHECK_S (24.0 * 3600.0)
@@ -146,6 +147,7 @@ static void on_stop(struct ev_loop *loop, ev_signal *w, int revents) {
            gw->nconns);
   gw->drain_deadline = atun_gw_mono_now() + gw->cfg.drain_timeout_ns + DRAIN_GRACE_NS;
   atun_gw_api_stop(gw);
+  atun_gw_dataplane_pause(gw);
   atun_gw_agents_drain(gw);
   ev_timer_set(&gw->drain, 0.0, DRAIN_POLL_S);
   ev_timer_again(loop, &gw->drain);
@@ -209,7 +211,9 @@ static int serve(atun_gw *gw) {
     atun_log(ATUN_LOG_ERROR, "gateway", "api_init_failed", "error=%s", atun_strerror(rv));
     return ATUN_GW_EXIT_RUNTIME;
   }
-  if (atun_gw_agents_start(gw) != 0 || atun_gw_api_start(gw) != 0) return ATUN_GW_EXIT_RUNTIME;
+  if (atun_gw_agents_start(gw) != 0 || atun_gw_api_start(gw) != 0 ||
+      atun_gw_dataplane_start(gw) != 0)
+    return ATUN_GW_EXIT_RUNTIME;
   watchers_start(gw);
   atun_log(ATUN_LOG_INFO, "gateway", "gateway_started", "version=%s state_dir=%s",
            ATUN_GW_VERSION, gw->cfg.state_dir);
@@ -238,6 +242,7 @@ int atun_gw_cmd_run(int argc, char **argv) {
   gw.loop = ev_default_loop(0);
   rv = gw.loop != NULL ? serve(&gw) : ATUN_GW_EXIT_RUNTIME;
   atun_gw_api_free(&gw);
+  atun_gw_dataplane_stop(&gw);
   atun_gw_agents_stop(&gw);
   atun_store_close(gw.store);
   atun_config_gateway_free(&gw.cfg);

@@ -41,6 +41,36 @@ typedef struct atun_gw_tls_slot {
 #define ATUN_GW_TLS_MAGIC 0x676c7473u
 
 typedef struct atun_gw_conn atun_gw_conn;
+typedef struct atun_gw_client atun_gw_client;
+typedef struct atun_gw_dataplane atun_gw_dataplane;
+
+/* Index of the "no_agent" client outcome, after the connect statuses. */
+#define ATUN_GW_CONNECT_NO_AGENT (ATUN_CONNECT_STATUS_MAX + 1)
+#define ATUN_GW_CONNECT_RESULTS (ATUN_GW_CONNECT_NO_AGENT + 1)
+
+/* Data-plane counters (socks.c counts, metrics.c renders). */
+typedef struct atun_gw_dp_counters {
+  uint64_t connects[ATUN_GW_CONNECT_RESULTS]; /* by atun_connect_status */
+  uint64_t handshake_failures; /* SOCKS5 clients gone before a request */
+  uint64_t bytes_up;   /* client -> target, of finished connections */
+  uint64_t bytes_down; /* target -> client */
+  size_t clients;      /* client connections open now */
+} atun_gw_dp_counters;
+
+/* The session streams the gateway opened on one agent connection
+ * (socks.c links its clients here; agents.c owns the storage). */
+typedef struct atun_gw_streams {
+  atun_gw_client *head;
+  uint32_t count;
+} atun_gw_streams;
+
+/* What a client needs of the live connection behind a route candidate. */
+typedef struct atun_gw_agent_link {
+  atun_quic_conn *conn;
+  atun_gw_streams *streams;
+  uint8_t id[16];
+  uint64_t generation;
+} atun_gw_agent_link;
 
 typedef struct atun_gw {
   struct ev_loop *loop;
@@ -66,6 +96,10 @@ typedef struct atun_gw {
   atun_https_server *https;
   atun_ratelimit *enroll_limit;
   uint16_t api_port;     /* bound port */
+
+  /* Data plane (socks.c) */
+  atun_gw_dataplane *dp;
+  atun_gw_dp_counters dp_counts;
 
   /* cmd_run.c */
   ev_signal sigterm, sigint, sighup;
@@ -96,6 +130,11 @@ void atun_gw_agents_drain(atun_gw *gw);
 
 /* Connections not yet fully closed. */
 size_t atun_gw_agents_open(const atun_gw *gw);
+
+/* Fills |*out| with the registered, open connection behind route-table
+ * handle |handle|.  Returns 0 or ATUN_ERR_NOT_FOUND (no such connection,
+ * or it is closing). */
+int atun_gw_agents_link(atun_gw *gw, uint32_t handle, atun_gw_agent_link *out);
 
 /* --- tls.c: QUIC TLS contexts across server certificate renewals ------------ */
 

@@ -133,6 +133,29 @@ static void render_quic(atun_gw *gw, atun_gw_text *t) {
                                            st.udp.recv_truncated));
 }
 
+static void render_dataplane(atun_gw *gw, atun_gw_text *t) {
+  const atun_gw_dp_counters *d = &gw->dp_counts;
+  header(t, "atun_gateway_client_connects_total", "counter",
+         "Client connections by outcome of the connect through an agent.");
+  for (int r = 0; r < ATUN_GW_CONNECT_RESULTS; ++r)
+    atun_gw_text_printf(t, "atun_gateway_client_connects_total{result=\"%s\"} %llu\n",
+                        r == ATUN_GW_CONNECT_NO_AGENT ? "no_agent"
+                                                      : atun_connect_status_name((uint64_t)r),
+                        (unsigned long long)d->connects[r]);
+  header(t, "atun_gateway_client_handshake_failures_total", "counter",
+         "SOCKS5 clients closed before a complete request.");
+  atun_gw_text_printf(t, "atun_gateway_client_handshake_failures_total %llu\n",
+                      (unsigned long long)d->handshake_failures);
+  header(t, "atun_gateway_tunnel_bytes_total", "counter",
+         "Bytes through finished client connections.");
+  atun_gw_text_printf(t, "atun_gateway_tunnel_bytes_total{direction=\"up\"} %llu\n",
+                      (unsigned long long)d->bytes_up);
+  atun_gw_text_printf(t, "atun_gateway_tunnel_bytes_total{direction=\"down\"} %llu\n",
+                      (unsigned long long)d->bytes_down);
+  header(t, "atun_gateway_client_connections", "gauge", "Client connections open.");
+  atun_gw_text_printf(t, "atun_gateway_client_connections %zu\n", d->clients);
+}
+
 static void render_api(atun_gw *gw, atun_gw_text *t) {
   const atun_gw_metrics *m = &gw->metrics;
   header(t, "atun_gateway_api_requests_total", "counter", "API responses by HTTP status.");
@@ -172,5 +195,6 @@ int atun_gw_metrics_render(atun_gw *gw, atun_gw_text *out, atun_tstamp mono) {
   render_agents(gw, out, counts, mono);
   render_quic(gw, out);
   render_api(gw, out);
+  render_dataplane(gw, out);
   return 0;
 }

@@ -1,0 +1,574 @@
+/*
+ * SOCKS5 listener, static forwards and session streams (see socks.h).
+ *
+ * Ownership: a client is freed only from the loop (its own timer, a
+ * listener callback, the pipe's on_close) or by atun_gw_streams_conn_gone()
+ * / atun_gw_dataplane_stop() for piping clients, whose pipe is aborted
+ * first.  While CONNECTING a client is the user data of its stream; the
+ * user data is cleared before the stream is given up, so a late stream
+ * event never finds a freed client.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ca.h"
+#include "clock.h"
+#include "log.h"
+#include "pipe.h"
+#include "socks.h"
+#include "socks5.h"
+#include "tcp.h"
+
+enum { ST_HANDSHAKE, ST_CONNECTING, ST_PIPING };
+
+#define RESULT_NO_AGENT ATUN_GW_CONNECT_NO_AGENT
+
+typedef struct gw_listener {
+  atun_tcp_listener tcp;
+  atun_gw *gw;
+  const atun_config_forward *fwd; /* NULL: the SOCKS5 listener */
+  int started;
+} gw_listener;
+
+struct atun_gw_dataplane {
+  atun_socks5_server *socks;
+  gw_listener *listeners; /* [0] SOCKS5, then one per forward */
+  size_t nlisteners;
+  atun_gw_client *clients; /* every client; gw->dp_counts.clients of them */
+};
+
+struct atun_gw_client {
+  atun_gw *gw;
+  gw_listener *lst;
+  atun_gw_client *prev, *next;   /* all clients */
+  atun_gw_client *sprev, *snext; /* clients of one agent connection */
+  int state;
+  int fd;
+  ev_io io;
+  ev_timer timer;
+  int retry;           /* what the timer means: RETRY_* */
+  uint64_t last_status; /* of the last failed candidate */
+  atun_socks5_conn socks;
+  atun_connect_request req;
+  char pin[ATUN_AGENT_NAME_MAX + 1];
+  atun_route_candidate cands[ATUN_GW_CANDIDATES_MAX];
+  size_t ncands, next_cand;
+  atun_gw_agent_link link; /* conn NULL: no stream */
+  int64_t sid;
+  atun_frame_reader rd;
+  uint8_t early[ATUN_GW_HANDSHAKE_READ_MAX];
+  size_t early_len;
+  atun_pipe_quic pq;
+  atun_pipe pipe;
+};
+
+/* The client timer's meaning besides a deadline. */
+enum { RETRY_NONE, RETRY_NEXT, RETRY_RESOLVE };
+
+static void client_advance(atun_gw_client *cl);
+static void resolve(atun_gw_client *cl);
+
+/* --- bookkeeping ----------------------------------------------------------------- */
+
+static void streams_add(atun_gw_client *cl) {
+  atun_gw_streams *s = cl->link.streams;
+  cl->sprev = NULL;
+  cl->snext = s->head;
+  if (s->head != NULL) s->head->sprev = cl;
+  s->head = cl;
+  ++s->count;
+  atun_registry_set_active_streams(cl->gw->reg, cl->link.id, cl->link.generation, s->count);
+}
+
+/* Forgets the stream (the caller dealt with it). */
+static void streams_remove(atun_gw_client *cl) {
+  atun_gw_streams *s = cl->link.streams;
+  if (cl->link.conn == NULL) return;
+  if (cl->sprev != NULL) cl->sprev->snext = cl->snext;
+  else s->head = cl->snext;
+  if (cl->snext != NULL) cl->snext->sprev = cl->sprev;
+  --s->count;
+  atun_registry_set_active_streams(cl->gw->reg, cl->link.id, cl->link.generation, s->count);
+  cl->link.conn = NULL;
+  cl->sid = -1;
+}
+
+static void client_free(atun_gw_client *cl) {
+  atun_gw_dataplane *dp = cl->gw->dp;
+  ev_io_stop(cl->gw->loop, &cl->io);
+  ev_timer_stop(cl->gw->loop, &cl->timer);
+  if (cl->state == ST_PIPING) {
+    atun_pipe_stats st;
+    atun_pipe_get_stats(&cl->pipe, &st);
+    cl->gw->dp_counts.bytes_up += st.bytes_tcp_to_stream;
+    cl->gw->dp_counts.bytes_down += st.bytes_stream_to_tcp;
+    atun_pipe_abort(&cl->pipe); /* no-op once ended; closes the socket */
+  } else if (cl->fd >= 0) {
+    close(cl->fd);
+  }
+  if (cl->link.conn != NULL && cl->sid >= 0)
+    atun_quic_stream_set_user_data(cl->link.conn, cl->sid, NULL);
+  streams_remove(cl);
+  atun_frame_reader_free(&cl->rd);
+  if (cl->prev != NULL) cl->prev->next = cl->next;
+  else dp->clients = cl->next;
+  if (cl->next != NULL) cl->next->prev = cl->prev;
+  --cl->gw->dp_counts.clients;
+  atun_tcp_listener_release(&cl->lst->tcp);
+  free(cl);
+}
+
+static void timer_in(atun_gw_client *cl, uint64_t ns) {
+  if (ns > ATUN_TCP_TIMEOUT_MAX_NS) ns = 0; /* a deadline already past */
+  ev_timer_stop(cl->gw->loop, &cl->timer);
+  ev_timer_set(&cl->timer, (double)ns / 1e9, 0.0);
+  ev_timer_start(cl->gw->loop, &cl->timer);
+}
+
+/* --- replies to the client --------------------------------------------------------- */
+
+/* Writes the queued SOCKS bytes; a socket that can not take 32 bytes of a
+ * fresh connection at once is treated as gone.  Returns 0 or -1. */
+static int socks_flush(atun_gw_client *cl) {
+  size_t len;
+  const uint8_t *out = atun_socks5_conn_out(&cl->socks, &len);
+  if (len == 0) return 0;
+  ssize_t n = write(cl->fd, out, len);
+  if (n != (ssize_t)len) return -1;
+  atun_socks5_conn_out_consume(&cl->socks, len);
+  return 0;
+}
+
+/* The client's outcome is |status|; a forward has no reply to send.
+ * Returns 0 or -1 (the reply could not be written). */
+static int reply(atun_gw_client *cl, uint64_t status) {
+  if (cl->lst->fwd != NULL) return 0;
+  atun_socks5_conn_reply(&cl->socks, status, NULL, 0);
+  return socks_flush(cl);
+}
+
+static void fail(atun_gw_client *cl, int result, uint64_t status) {
+  char target[ATUN_NAME_MAX + 1];
+  ++cl->gw->dp_counts.connects[result];
+  if (cl->req.target.kind == ATUN_TARGET_ADDR) atun_addr_format(target, &cl->req.target.addr);
+  else memcpy(target, cl->req.target.host, sizeof(target));
+  atun_log(ATUN_LOG_INFO, "gateway", "client_connect_failed", "target=%s port=%u result=%s",
+           target, (unsigned)cl->req.port,
+           result == RESULT_NO_AGENT ? "no_agent" : atun_connect_status_name(status));
+  reply(cl, status);
+  client_free(cl);
+}
+
+/* --- the pipe --------------------------------------------------------------------------- */
+
+static void on_pipe_close(atun_pipe *pipe, int end, void *ud) {
+  atun_gw_client *cl = ud;
+  (void)pipe;
+  atun_log(ATUN_LOG_DEBUG, "gateway", "client_closed", "end=%s", atun_pipe_end_name(end));
+  client_free(cl);
+}
+
+/* ConnectResponse ok: reply, then the pipe takes the socket and the stream;
+ * |rest| are stream bytes that followed the response. */
+static void start_pipe(atun_gw_client *cl, const uint8_t *rest, size_t restlen, int fin) {
+  ev_io_stop(cl->gw->loop, &cl->io);
+  ev_timer_stop(cl->gw->loop, &cl->timer);
+  if (reply(cl, ATUN_CONNECT_OK) != 0) {
+    atun_quic_stream_consume(cl->link.conn, cl->sid, restlen);
+    atun_quic_stream_shutdown(cl->link.conn, cl->sid, ATUN_APP_TARGET_RESET);
+    ++cl->gw->dp_counts.connects[ATUN_CONNECT_INTERNAL];
+    client_free(cl);
+    return;
+  }
+  cl->pq.conn = cl->link.conn;
+  cl->pq.stream_id = cl->sid;
+  atun_pipe_config pc = {.loop = cl->gw->loop, .fd = cl->fd, .ops = &atun_pipe_quic_ops,
+                         .stream = &cl->pq, .on_close = on_pipe_close, .user_data = cl,
+                         .early = cl->early, .early_len = cl->early_len};
+  int rv = atun_pipe_start(&cl->pipe, &pc);
+  if (rv != 0) {
+    atun_quic_stream_consume(cl->link.conn, cl->sid, restlen);
+    atun_quic_stream_shutdown(cl->link.conn, cl->sid, ATUN_APP_INTERNAL);
+    ++cl->gw->dp_counts.connects[ATUN_CONNECT_INTERNAL];
+    client_free(cl);
+    return;
+  }
+  ++cl->gw->dp_counts.connects[ATUN_CONNECT_OK];
+  cl->state = ST_PIPING;
+  cl->fd = -1; /* the pipe's now */
+  if (restlen > 0 || fin) atun_pipe_on_stream_data(&cl->pipe, rest, restlen, fin);
+}
+
+/* --- session streams ------------------------------------------------------------------ */
+
+/* Gives up the current stream (reset) and tries the next candidate from the
+ * loop. */
+static void next_later(atun_gw_client *cl, uint64_t status) {
+  if (cl->link.conn != NULL && cl->sid >= 0) {
+    atun_quic_stream_set_user_data(cl->link.conn, cl->sid, NULL);
+    atun_quic_stream_shutdown(cl->link.conn, cl->sid, ATUN_APP_CONNECT_FAILED);
+  }
+  streams_remove(cl);
+  cl->last_status = status;
+  cl->retry = RETRY_NEXT;
+  timer_in(cl, 0);
+}
+
+static void on_response(atun_gw_client *cl, const uint8_t *rest, size_t restlen, int fin) {
+  atun_msg msg;
+  int rv = atun_frame_reader_decode(&cl->rd, &msg, atun_mem_default());
+  if (rv != 0 || msg.type != ATUN_FRAME_CONNECT_RESPONSE) {
+    if (rv == 0) atun_msg_free(&msg, atun_mem_default());
+    next_later(cl, ATUN_CONNECT_INTERNAL);
+    return;
+  }
+  uint64_t status = msg.u.connect_response.status;
+  atun_msg_free(&msg, atun_mem_default());
+  if (status == ATUN_CONNECT_OK) {
+    start_pipe(cl, rest, restlen, fin);
+    return;
+  }
+  if (status == ATUN_CONNECT_DENIED) cl->next_cand = cl->ncands; /* policy: final */
+  next_later(cl, status);
+}
+
+void atun_gw_client_on_stream_data(atun_gw_client *cl, const uint8_t *data, size_t len,
+                                   int fin) {
+  if (cl->state == ST_PIPING) {
+    atun_pipe_on_stream_data(&cl->pipe, data, len, fin);
+    return;
+  }
+  ssize_t n = atun_frame_reader_feed(&cl->rd, data, len);
+  if (n < 0) {
+    atun_quic_stream_consume(cl->link.conn, cl->sid, len);
+    next_later(cl, ATUN_CONNECT_INTERNAL);
+    return;
+  }
+  atun_quic_stream_consume(cl->link.conn, cl->sid, (size_t)n);
+  if (atun_frame_reader_ready(&cl->rd)) {
+    on_response(cl, data + n, len - (size_t)n, fin);
+    return;
+  }
+  if (fin) next_later(cl, ATUN_CONNECT_INTERNAL);
+}
+
+void atun_gw_client_on_stream_reset(atun_gw_client *cl, uint64_t app_error) {
+  if (cl->state == ST_PIPING) atun_pipe_on_stream_reset(&cl->pipe, app_error);
+  else next_later(cl, ATUN_CONNECT_INTERNAL);
+}
+
+void atun_gw_client_on_stream_closed(atun_gw_client *cl, int has_error, uint64_t app_error) {
+  if (cl->state == ST_PIPING) {
+    /* Stays listed: the pipe still consumes and flushes on the connection
+     * while its backlog drains, so a dying connection must find it. */
+    cl->sid = -1;
+    atun_pipe_on_stream_closed(&cl->pipe, has_error, app_error);
+    return;
+  }
+  cl->sid = -1; /* nothing left to reset */
+  next_later(cl, ATUN_CONNECT_INTERNAL);
+}
+
+void atun_gw_streams_on_writable(atun_gw_streams *streams) {
+  for (atun_gw_client *cl = streams->head; cl != NULL; cl = cl->snext)
+    if (cl->state == ST_PIPING && atun_pipe_waits_for_room(&cl->pipe))
+      atun_pipe_on_stream_writable(&cl->pipe);
+}
+
+void atun_gw_streams_conn_gone(atun_gw *gw, atun_gw_streams *streams) {
+  (void)gw;
+  while (streams->head != NULL) {
+    atun_gw_client *cl = streams->head;
+    cl->sid = -1; /* the stream went with the connection */
+    if (cl->state == ST_PIPING) {
+      client_free(cl); /* aborts the pipe: the client socket is reset */
+      continue;
+    }
+    next_later(cl, ATUN_CONNECT_UNREACHABLE);
+  }
+}
+
+void atun_gw_streams_reset(atun_gw_streams *streams, uint64_t app_error) {
+  while (streams->head != NULL) {
+    atun_gw_client *cl = streams->head;
+    if (cl->state != ST_PIPING) {
+      next_later(cl, ATUN_CONNECT_UNREACHABLE);
+      continue;
+    }
+    if (cl->sid >= 0) {
+      /* An abort makes no stream call and no flush (a flush here could
+       * delete the connection under this loop): the stream is shut down
+       * here, and the backlog consumed so the connection's credit stays. */
+      atun_pipe_stats st;
+      atun_pipe_get_stats(&cl->pipe, &st);
+      atun_quic_stream_consume(cl->link.conn, cl->sid, st.buffered);
+      atun_quic_stream_shutdown(cl->link.conn, cl->sid, app_error);
+    }
+    client_free(cl);
+  }
+}
+
+/* Opens a stream on candidate |cand| and sends the ConnectRequest.
+ * Returns 0 (waiting for the response) or a connect status to go on with. */
+static uint64_t try_candidate(atun_gw_client *cl, const atun_route_candidate *cand) {
+  atun_gw_agent_link link;
+  if (atun_gw_agents_link(cl->gw, cand->agent, &link) != 0) return ATUN_CONNECT_UNREACHABLE;
+  uint8_t frame[ATUN_SESSION_PAYLOAD_MAX + 16];
+  atun_msg msg = {.type = ATUN_FRAME_CONNECT_REQUEST};
+  msg.u.connect_request = cl->req;
+  ssize_t flen = atun_frame_encode(frame, sizeof(frame), &msg);
+  if (flen < 0) return ATUN_CONNECT_INTERNAL;
+  int64_t sid;
+  if (atun_quic_stream_open(link.conn, &sid, cl) != 0) return ATUN_CONNECT_INTERNAL;
+  if (atun_quic_stream_write(link.conn, sid, frame, (size_t)flen, 0) != flen) {
+    atun_quic_stream_set_user_data(link.conn, sid, NULL);
+    atun_quic_stream_shutdown(link.conn, sid, ATUN_APP_INTERNAL);
+    atun_quic_ev_flush(link.conn);
+    return ATUN_CONNECT_INTERNAL;
+  }
+  cl->link = link;
+  cl->sid = sid;
+  streams_add(cl);
+  atun_frame_reader_free(&cl->rd);
+  atun_frame_reader_init(&cl->rd, ATUN_SESSION_PAYLOAD_MAX, atun_mem_default());
+  timer_in(cl, ATUN_GW_CONNECT_RESPONSE_TIMEOUT_NS);
+  return ATUN_CONNECT_OK;
+}
+
+/* Tries candidates in order until one has a stream open; none left: the
+ * client gets the last failure.  May free |cl|; the flush comes last. */
+static void client_advance(atun_gw_client *cl) {
+  uint64_t status = cl->last_status;
+  while (cl->next_cand < cl->ncands) {
+    status = try_candidate(cl, &cl->cands[cl->next_cand++]);
+    if (status == ATUN_CONNECT_OK) {
+      atun_quic_ev_flush(cl->link.conn); /* may end in conn_gone: retry is queued */
+      return;
+    }
+    cl->last_status = status;
+  }
+  fail(cl, cl->ncands == 0 ? RESULT_NO_AGENT : (int)status, status);
+}
+
+static void resolve(atun_gw_client *cl) {
+  atun_route_target t = {0};
+  if (cl->req.target.kind == ATUN_TARGET_ADDR) {
+    t.kind = ATUN_ROUTE_TARGET_ADDR;
+    t.addr = cl->req.target.addr;
+  } else {
+    t.kind = ATUN_ROUTE_TARGET_NAME;
+    t.name = cl->req.target.host;
+    t.namelen = strlen(cl->req.target.host);
+  }
+  atun_registry_pin pin = {.kind = ATUN_REGISTRY_PIN_NONE};
+  if (cl->pin[0] != '\0') {
+    size_t len = strlen(cl->pin);
+    if (len == ATUN_UUID_LEN && atun_gw_uuid_parse(pin.id, cl->pin, len) == 0)
+      pin.kind = ATUN_REGISTRY_PIN_ID;
+    else {
+      pin.kind = ATUN_REGISTRY_PIN_NAME;
+      pin.name = cl->pin;
+    }
+  }
+  ssize_t n = atun_registry_resolve(cl->gw->reg, &t, &pin, atun_gw_mono_now(), cl->cands,
+                                    ATUN_GW_CANDIDATES_MAX);
+  cl->ncands = n > 0 ? (size_t)n : 0;
+  cl->next_cand = 0;
+  /* Nobody routes there: host unreachable (socks.h says why not 0x02). */
+  cl->last_status = ATUN_CONNECT_DNS_FAILURE;
+  cl->state = ST_CONNECTING;
+  ev_io_stop(cl->gw->loop, &cl->io);
+  if (atun_ca_sysrand()->fill(cl->req.session_id, sizeof(cl->req.session_id),
+                              atun_ca_sysrand()->user_data) != 0) {
+    fail(cl, ATUN_CONNECT_INTERNAL, ATUN_CONNECT_INTERNAL);
+    return;
+  }
+  client_advance(cl);
+}
+
+/* --- the client socket -------------------------------------------------------------------- */
+
+static void handshake_input(atun_gw_client *cl, const uint8_t *buf, size_t len) {
+  atun_gw_dataplane *dp = cl->gw->dp;
+  ssize_t n = atun_socks5_conn_feed(&cl->socks, dp->socks, buf, len);
+  if (n < 0 || socks_flush(cl) != 0) {
+    ++cl->gw->dp_counts.handshake_failures;
+    atun_log(ATUN_LOG_INFO, "gateway", "socks5_refused", "reason=%s",
+             atun_socks5_close_reason_name(atun_socks5_conn_close_reason(&cl->socks)));
+    client_free(cl);
+    return;
+  }
+  if (atun_socks5_conn_state(&cl->socks) != ATUN_SOCKS5_CONNECT) {
+    timer_in(cl, atun_socks5_conn_expiry(&cl->socks) - atun_gw_mono_now());
+    return;
+  }
+  const atun_socks5_request *r = atun_socks5_conn_request(&cl->socks);
+  cl->req.target = r->target;
+  cl->req.port = r->port;
+  memcpy(cl->pin, r->pin, sizeof(cl->pin));
+  cl->early_len = len - (size_t)n;
+  memcpy(cl->early, buf + n, cl->early_len);
+  resolve(cl);
+}
+
+static void on_client_io(struct ev_loop *loop, ev_io *w, int revents) {
+  atun_gw_client *cl = w->data;
+  uint8_t buf[ATUN_GW_HANDSHAKE_READ_MAX];
+  (void)loop, (void)revents;
+  ssize_t n = read(cl->fd, buf, sizeof(buf));
+  if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+  if (n <= 0) {
+    client_free(cl);
+    return;
+  }
+  handshake_input(cl, buf, (size_t)n);
+}
+
+static void on_client_timer(struct ev_loop *loop, ev_timer *w, int revents) {
+  atun_gw_client *cl = w->data;
+  (void)loop, (void)revents;
+  int retry = cl->retry;
+  cl->retry = RETRY_NONE;
+  if (retry == RETRY_RESOLVE) {
+    resolve(cl);
+    return;
+  }
+  if (retry == RETRY_NEXT) {
+    client_advance(cl);
+    return;
+  }
+  if (cl->state == ST_HANDSHAKE) {
+    if (atun_socks5_conn_handle_expiry(&cl->socks, atun_gw_mono_now()) == 0) {
+      timer_in(cl, atun_socks5_conn_expiry(&cl->socks) - atun_gw_mono_now());
+      return;
+    }
+    ++cl->gw->dp_counts.handshake_failures;
+    client_free(cl);
+    return;
+  }
+  /* The agent never answered the ConnectRequest. */
+  next_later(cl, ATUN_CONNECT_TIMEOUT);
+}
+
+static int on_accept(atun_tcp_listener *l, int fd, const atun_tcp_endpoint *peer, void *ud) {
+  gw_listener *lst = ud;
+  atun_gw *gw = lst->gw;
+  atun_gw_dataplane *dp = gw->dp;
+  (void)l, (void)peer;
+  if (gw->dp_counts.clients >= gw->cfg.limits.client_max_connections) return -1;
+  atun_gw_client *cl = calloc(1, sizeof(*cl));
+  if (cl == NULL) return -1;
+  cl->gw = gw;
+  cl->lst = lst;
+  cl->fd = fd;
+  cl->sid = -1;
+  atun_frame_reader_init(&cl->rd, ATUN_SESSION_PAYLOAD_MAX, atun_mem_default());
+  ev_io_init(&cl->io, on_client_io, fd, EV_READ);
+  ev_timer_init(&cl->timer, on_client_timer, 0.0, 0.0);
+  cl->io.data = cl->timer.data = cl;
+  cl->next = dp->clients;
+  if (dp->clients != NULL) dp->clients->prev = cl;
+  dp->clients = cl;
+  ++gw->dp_counts.clients;
+  if (lst->fwd != NULL) {
+    cl->req.target = lst->fwd->target;
+    cl->req.port = lst->fwd->port;
+    snprintf(cl->pin, sizeof(cl->pin), "%s", lst->fwd->agent);
+    /* Runs from the loop: a failure frees the client, and the listener
+     * must have counted it as taken first. */
+    cl->retry = RETRY_RESOLVE;
+    ev_timer_set(&cl->timer, 0.0, 0.0);
+    ev_timer_start(gw->loop, &cl->timer);
+    return 0;
+  }
+  atun_socks5_conn_init(&cl->socks, dp->socks, atun_gw_mono_now());
+  ev_io_start(gw->loop, &cl->io);
+  timer_in(cl, atun_socks5_conn_expiry(&cl->socks) - atun_gw_mono_now());
+  return 0;
+}
+
+/* --- lifetime ------------------------------------------------------------------------------- */
+
+static void listener_start(atun_gw *gw, gw_listener *lst, const atun_quic_endpoint *at,
+                           const atun_config_forward *fwd) {
+  atun_tcp_listener_settings ts;
+  atun_tcp_listener_settings_default(&ts);
+  ts.conns_max = gw->cfg.limits.client_max_connections;
+  atun_tcp_endpoint ep = {.addr = at->addr, .port = at->port};
+  lst->gw = gw;
+  lst->fwd = fwd;
+  char addr[ATUN_ADDR_STRLEN];
+  atun_addr_format(addr, &at->addr);
+  int rv = atun_tcp_listener_init(&lst->tcp, gw->loop, &ep, &ts, on_accept, lst);
+  if (rv != 0) {
+    atun_log(ATUN_LOG_ERROR, "gateway", "client_listen_failed", "kind=%s address=%s port=%u "
+             "error=%s", fwd != NULL ? "forward" : "socks5", addr, (unsigned)at->port,
+             atun_strerror(rv));
+    return;
+  }
+  lst->started = 1;
+  atun_log(ATUN_LOG_INFO, "gateway", "client_listening", "kind=%s address=%s port=%u",
+           fwd != NULL ? "forward" : "socks5", addr,
+           (unsigned)atun_tcp_listener_local(&lst->tcp)->port);
+}
+
+static int socks_server_new(atun_gw *gw) {
+  const atun_config_gateway *cfg = &gw->cfg;
+  atun_socks5_user *users = calloc(cfg->socks5_user_count + 1, sizeof(*users));
+  if (users == NULL) return ATUN_ERR_NOMEM;
+  for (size_t i = 0; i < cfg->socks5_user_count; ++i) {
+    users[i].name = cfg->socks5_users[i].username;
+    users[i].namelen = strlen(cfg->socks5_users[i].username);
+    users[i].pass = cfg->socks5_users[i].password;
+    users[i].passlen = strlen(cfg->socks5_users[i].password);
+  }
+  int rv = atun_socks5_server_new(&gw->dp->socks, NULL, users, cfg->socks5_user_count,
+                                  atun_mem_default());
+  free(users);
+  return rv;
+}
+
+int atun_gw_dataplane_start(atun_gw *gw) {
+  const atun_config_gateway *cfg = &gw->cfg;
+  gw->dp = calloc(1, sizeof(*gw->dp));
+  if (gw->dp == NULL) return ATUN_ERR_NOMEM;
+  atun_gw_dataplane *dp = gw->dp;
+  dp->listeners = calloc(cfg->forward_count + 1, sizeof(*dp->listeners));
+  if (dp->listeners == NULL) return ATUN_ERR_NOMEM;
+  dp->nlisteners = cfg->forward_count + 1;
+  int rv = socks_server_new(gw);
+  if (rv != 0) return rv;
+  /* A client port already taken (two gateways on one host with the default
+   * 127.0.0.1:1080) is logged and skipped: agents, the API and the other
+   * listeners keep working, which is what an operator needs to fix it. */
+  if (cfg->socks5_enabled) listener_start(gw, &dp->listeners[0], &cfg->socks5_listen, NULL);
+  for (size_t i = 0; i < cfg->forward_count; ++i)
+    listener_start(gw, &dp->listeners[i + 1], &cfg->forwards[i].listen, &cfg->forwards[i]);
+  return 0;
+}
+
+void atun_gw_dataplane_pause(atun_gw *gw) {
+  if (gw->dp == NULL) return;
+  for (size_t i = 0; i < gw->dp->nlisteners; ++i)
+    if (gw->dp->listeners[i].started) atun_tcp_listener_set_paused(&gw->dp->listeners[i].tcp, 1);
+}
+
+void atun_gw_dataplane_stop(atun_gw *gw) {
+  atun_gw_dataplane *dp = gw->dp;
+  if (dp == NULL) return;
+  while (dp->clients != NULL) {
+    atun_gw_client *cl = dp->clients;
+    if (cl->state == ST_CONNECTING && cl->link.conn != NULL && cl->sid >= 0)
+      atun_quic_stream_set_user_data(cl->link.conn, cl->sid, NULL);
+    client_free(cl);
+  }
+  for (size_t i = 0; dp->listeners != NULL && i < dp->nlisteners; ++i)
+    if (dp->listeners[i].started) atun_tcp_listener_free(&dp->listeners[i].tcp);
+  free(dp->listeners);
+  atun_socks5_server_del(dp->socks);
+  free(dp);
+  gw->dp = NULL;
+}

@@ -1,0 +1,62 @@
+/*
+ * The client side of the gateway's data plane: the SOCKS5 listener, the
+ * static forwards, and one session stream per client connection.
+ *
+ * A client goes HANDSHAKE (SOCKS5 only) -> CONNECTING (a session stream to
+ * one candidate agent at a time, ConnectRequest out, ConnectResponse in)
+ * -> PIPING (io/pipe between the socket and the stream) -> freed.
+ * Decisions taken inside a QUIC callback (a failure status, a reset, a
+ * dead connection) are carried out from the client's own timer, so the
+ * next candidate is tried from the loop and never from inside another
+ * connection's callback.
+ *
+ * No candidate at all: SOCKS reply 0x04 (host unreachable) at once.  0x02
+ * (not allowed) stays reserved for an agent's explicit refusal, so a client
+ * can tell "nobody can reach it" from "forbidden".
+ */
+#ifndef ATUN_GW_SOCKS_H
+#define ATUN_GW_SOCKS_H
+
+#include "gw.h"
+
+/* Candidates tried per client connection. */
+#define ATUN_GW_CANDIDATES_MAX 8
+/* From stream open to ConnectResponse; the agent's own connect timeout is
+ * shorter, so this only catches an agent that never answers. */
+#define ATUN_GW_CONNECT_RESPONSE_TIMEOUT_NS ((uint64_t)30 * ATUN_NS_PER_S)
+/* Client bytes read at once during the SOCKS5 handshake; what follows the
+ * CONNECT request in that read becomes early data of the pipe. */
+#define ATUN_GW_HANDSHAKE_READ_MAX 2048
+
+/* Starts the SOCKS5 listener (when enabled) and every forward.  A listener
+ * that can not bind is logged (client_listen_failed) and skipped.  Returns
+ * 0 or ATUN_ERR_NOMEM / what atun_socks5_server_new returns. */
+int atun_gw_dataplane_start(atun_gw *gw);
+
+/* Closes every listener and client connection (NULL parts allowed). */
+void atun_gw_dataplane_stop(atun_gw *gw);
+
+/* Stops accepting clients (drain); clients already there go on. */
+void atun_gw_dataplane_pause(atun_gw *gw);
+
+/* Stream events of a session stream, from agents.c. */
+void atun_gw_client_on_stream_data(atun_gw_client *cl, const uint8_t *data, size_t len,
+                                   int fin);
+void atun_gw_client_on_stream_reset(atun_gw_client *cl, uint64_t app_error);
+void atun_gw_client_on_stream_closed(atun_gw_client *cl, int has_error, uint64_t app_error);
+
+/* The connection's send buffer has room again: wakes its waiting pipes. */
+void atun_gw_streams_on_writable(atun_gw_streams *streams);
+
+/* The agent connection of |streams| is gone: every pipe on it is aborted
+ * (client socket reset), every client still connecting moves on to its
+ * next candidate. */
+void atun_gw_streams_conn_gone(atun_gw *gw, atun_gw_streams *streams);
+
+/* The agent of |streams| went silent (offline) while its connection
+ * lingers: every session stream on it is reset with |app_error| and its
+ * client socket reset, every client still connecting moves on.  Makes no
+ * flush: the caller flushes the connection afterwards. */
+void atun_gw_streams_reset(atun_gw_streams *streams, uint64_t app_error);
+
+#endif /* ATUN_GW_SOCKS_H */
