@@ -188,6 +188,7 @@ static void pipe_end(atun_pipe *p, int end, int shut, uint64_t code) {
   p->stats.end = end;
   ev_io_stop(p->loop, &p->rio);
   ev_io_stop(p->loop, &p->wio);
+  ev_prepare_stop(p->loop, &p->prep);
   if (end != ATUN_PIPE_END_ABORTED) {
     give_credit(p, p->stats.buffered);
   }
@@ -450,6 +451,7 @@ static int backlog_write(atun_pipe *p) {
       fail_tcp(p, errno);
       return -1;
     }
+    ++p->stats.tcp_writes;
     backlog_drop(p, (size_t)n);
     if (took(p, (size_t)n) != 0) {
       return -1;
@@ -458,61 +460,55 @@ static int backlog_write(atun_pipe *p) {
   return 0;
 }
 
+/* Writes what the backlog holds; waits for EV_WRITE while some is left. */
+static void backlog_service(atun_pipe *p) {
+  if (backlog_write(p) != 0) {
+    return;
+  }
+  if (p->head != NULL) {
+    ev_io_start(p->loop, &p->wio);
+    return;
+  }
+  ev_io_stop(p->loop, &p->wio);
+  if (p->fin_recv && !p->shut_wr) {
+    tcp_half_close(p);
+  }
+}
+
 static void wio_cb(struct ev_loop *loop, ev_io *w, int revents) {
   (void)loop;
   (void)revents;
   atun_pipe *p = w->data;
-  if (backlog_write(p) == 0 && p->head == NULL) {
-    ev_io_stop(p->loop, &p->wio);
-    if (p->fin_recv && !p->shut_wr) {
-      tcp_half_close(p);
-    }
-  }
+  backlog_service(p);
   pipe_flush(p);
 }
 
-/* Straight to the socket when nothing waits before these bytes.  Returns
- * the bytes it took, or -1 after the pipe ended. */
-static ssize_t direct_write(atun_pipe *p, const uint8_t *data, size_t len) {
-  if (p->head != NULL) {
-    return 0;
-  }
-  ssize_t n = send(p->fd, data, len, MSG_NOSIGNAL);
-  if (n < 0) {
-    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
-      ++p->stats.tcp_blocked;
-      return 0;
-    }
-    give_credit(p, len);
-    fail_tcp(p, errno);
-    return -1;
-  }
-  if (n > 0 && took(p, (size_t)n) != 0) {
-    give_credit(p, len - (size_t)n);
-    return -1;
-  }
-  return n;
+/* Runs once the loop has dispatched every event of this round, before it
+ * waits again: all the stream data that a batch of datagrams delivered
+ * leaves in one writev instead of one send per packet, and the peer's
+ * acknowledgements (written when the batch was read) went out first. */
+static void prep_cb(struct ev_loop *loop, ev_prepare *w, int revents) {
+  (void)revents;
+  atun_pipe *p = w->data;
+  ev_prepare_stop(loop, w);
+  backlog_service(p);
+  pipe_flush(p);
 }
 
 static void stream_data(atun_pipe *p, const uint8_t *data, size_t len, int fin) {
   if (len > 0) {
-    ssize_t n = direct_write(p, data, len);
-    if (n < 0) {
+    if (len > p->settings.backlog_max - p->stats.buffered) {
+      give_credit(p, len);
+      pipe_end(p, ATUN_PIPE_END_OVERFLOW, 1, ATUN_APP_OVERLOADED);
       return;
     }
-    size_t rest = len - (size_t)n;
-    if (rest > 0) {
-      if (rest > p->settings.backlog_max - p->stats.buffered) {
-        give_credit(p, rest);
-        pipe_end(p, ATUN_PIPE_END_OVERFLOW, 1, ATUN_APP_OVERLOADED);
-        return;
-      }
-      if (backlog_append(p, data + n, rest) != 0) {
-        give_credit(p, rest);
-        fail_nomem(p);
-        return;
-      }
-      ev_io_start(p->loop, &p->wio);
+    if (backlog_append(p, data, len) != 0) {
+      give_credit(p, len);
+      fail_nomem(p);
+      return;
+    }
+    if (!ev_is_active(&p->wio)) {
+      ev_prepare_start(p->loop, &p->prep);
     }
   }
   if (fin) {
@@ -679,6 +675,8 @@ int atun_pipe_start(atun_pipe *pipe, const atun_pipe_config *config) {
   pipe->rio.data = pipe;
   ev_io_init(&pipe->wio, wio_cb, pipe->fd, EV_WRITE);
   pipe->wio.data = pipe;
+  ev_prepare_init(&pipe->prep, prep_cb);
+  pipe->prep.data = pipe;
   ev_init(&pipe->end_timer, end_timer_cb);
   pipe->end_timer.data = pipe;
   pipe->started = 1;

@@ -23,14 +23,19 @@
  * data (below) waits there the same way.
  *
  * Stream -> TCP.  Bytes the stream delivers (atun_pipe_on_stream_data())
- * are written to the socket; what the socket does not take waits in the
- * backlog, a queue of ATUN_PIPE_CHUNK_SIZE chunks allocated on demand and
- * freed as they drain.  ops->consume() is called only for bytes the socket
- * accepted, so a slow TCP reader holds back the peer's credit: the peer can
- * not have more than the stream's receive window in flight unconsumed, and
- * that bounds the backlog.  |backlog_max| states the bound (set it to the
- * stream's largest receive window, atun_quic_settings.stream_window_max);
- * a peer that delivers beyond it broke flow control and the pipe ends with
+ * are copied into the backlog, a queue of ATUN_PIPE_CHUNK_SIZE chunks
+ * allocated on demand and freed as they drain, and written to the socket
+ * once per loop round, from an ev_prepare watcher that runs after the loop
+ * dispatched every event of the round: a batch of datagrams that delivered
+ * thirty stream frames costs one writev(2), not thirty send(2)s, and the
+ * acknowledgements the batch called for leave before the socket write.
+ * What the socket does not take waits for EV_WRITE.  ops->consume() is
+ * called only for bytes the socket accepted, so a slow TCP reader holds
+ * back the peer's credit: the peer can not have more than the stream's
+ * receive window in flight unconsumed, and that bounds the backlog.
+ * |backlog_max| states the bound (set it to the stream's largest receive
+ * window, atun_quic_settings.stream_window_max); a peer that delivers
+ * beyond it broke flow control and the pipe ends with
  * ATUN_PIPE_END_OVERFLOW.
  *
  * Memory per pipe, fixed: sizeof(atun_pipe) + the backlog (at most
@@ -174,6 +179,7 @@ typedef struct atun_pipe_stats {
   uint64_t bytes_stream_to_tcp; /* written to the socket (and consumed) */
   uint64_t room_waits;          /* reading paused: no stream room */
   uint64_t tcp_blocked;         /* socket writes that met EAGAIN */
+  uint64_t tcp_writes;          /* writev(2) calls that wrote bytes */
   size_t buffered;              /* backlog now */
   size_t buffered_peak;         /* largest backlog seen */
   int end;                      /* atun_pipe_end */
@@ -213,6 +219,7 @@ struct atun_pipe {
   struct ev_loop *loop;
   ev_io rio;
   ev_io wio;
+  ev_prepare prep;    /* writes the backlog once per loop round */
   ev_timer end_timer; /* delivers on_close from the loop */
   int fd;
   int started;

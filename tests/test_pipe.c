@@ -1005,18 +1005,55 @@ Test(pipe, reset_seen_while_writing_the_backlog) {
 }
 
 Test(pipe, data_for_a_reset_socket_is_a_tcp_reset) {
-  /* The loop does not run: the pipe learns of the RST from its write. */
+  /* The read watcher is off: the pipe learns of the RST from its write,
+   * made at the end of the loop round. */
   pipe_start(NULL, NULL, 0, 0);
+  ev_io_stop(loop, &P.rio);
   atun_tcp_reset(A.fd);
   A.fd = -1;
   usleep(20000);
   uint8_t b[100] = {0};
   F.delivered = sizeof(b);
   atun_pipe_on_stream_data(&P, b, sizeof(b), 0);
+  cr_assert_eq(atun_pipe_get_end(&P), ATUN_PIPE_END_NONE);
+  ev_run(loop, EVRUN_NOWAIT);
   cr_assert_eq(atun_pipe_get_end(&P), ATUN_PIPE_END_TCP_RESET);
   cr_assert_eq(F.consumed, sizeof(b));
   cr_assert_eq(F.shutdown_code, ATUN_APP_TARGET_RESET);
   cr_assert(run_until(closed, 5));
+}
+
+Test(pipe, deliveries_of_one_round_leave_in_one_write) {
+  pipe_start(NULL, NULL, 0, 0);
+  ev_io_stop(loop, &P.rio);
+  uint8_t b[30 * 400]; /* below a fresh socket's send buffer */
+  for (size_t i = 0; i < sizeof(b); ++i) {
+    b[i] = pat_b(i);
+  }
+  F.delivered = F.total_b = sizeof(b); /* the fake peer sends no more */
+  for (size_t i = 0; i < 30; ++i) {
+    atun_pipe_on_stream_data(&P, b + i * 400, 400, 0);
+  }
+  atun_pipe_stats st;
+  atun_pipe_get_stats(&P, &st);
+  cr_assert_eq(st.buffered, sizeof(b));
+  cr_assert_eq(F.consumed, 0); /* credit only for what the socket took */
+  uint8_t got[sizeof(b) + 1];
+  cr_assert_eq(recv(A.fd, got, sizeof(got), 0), -1); /* nothing sent yet */
+  ev_run(loop, EVRUN_NOWAIT);
+  atun_pipe_get_stats(&P, &st);
+  cr_assert_eq(st.tcp_writes, 1, "writes %llu", (unsigned long long)st.tcp_writes);
+  cr_assert_eq(st.buffered, 0, "buffered %zu blocked %llu end %d", st.buffered,
+               (unsigned long long)st.tcp_blocked, st.end);
+  cr_assert_eq(F.consumed, sizeof(b));
+  cr_assert_eq(FM.live, 0); /* the chunks went as they drained */
+  size_t n = 0;
+  for (int i = 0; i < 100 && n < sizeof(b); ++i) {
+    ssize_t k = recv(A.fd, got + n, sizeof(got) - n, 0);
+    if (k > 0) n += (size_t)k;
+  }
+  cr_assert_eq(n, sizeof(b));
+  cr_assert(memcmp(got, b, sizeof(b)) == 0);
 }
 
 Test(pipe, full_socket_sends_everything_to_the_backlog) {
@@ -1041,7 +1078,11 @@ Test(pipe, full_socket_sends_everything_to_the_backlog) {
   atun_pipe_on_stream_data(&P, b, sizeof(b), 1);
   atun_pipe_stats st;
   atun_pipe_get_stats(&P, &st);
+  cr_assert_eq(st.tcp_blocked, 0); /* nothing written before the round ends */
+  ev_run(loop, EVRUN_NOWAIT);
+  atun_pipe_get_stats(&P, &st);
   cr_assert_eq(st.tcp_blocked, 1);
+  cr_assert_eq(st.tcp_writes, 0);
   cr_assert_eq(st.buffered, sizeof(b));
   cr_assert_eq(F.consumed, 0);
   cr_assert_eq(FM.live, 3); /* 40000 bytes: three chunks */
