@@ -19,6 +19,9 @@
 #ifndef UDP_SEGMENT
 #define UDP_SEGMENT 103
 #endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
 #ifndef SOL_UDP
 #define SOL_UDP 17
 #endif
@@ -28,9 +31,14 @@ atun__udp_sendmmsg_fn atun__udp_sendmmsg = sendmmsg;
 /* Slots one sendmmsg call may carry (GSO groups several per message). */
 #define SEND_SLOTS_MAX 256
 
-/* Room for one pktinfo and one UDP_SEGMENT control message. */
+/* Room for one pktinfo and one UDP_SEGMENT (send) or UDP_GRO (receive)
+ * control message. */
 #define CTL_BYTES \
-  (CMSG_SPACE(sizeof(struct in6_pktinfo)) + CMSG_SPACE(sizeof(uint16_t)))
+  (CMSG_SPACE(sizeof(struct in6_pktinfo)) + CMSG_SPACE(sizeof(int)))
+
+/* Datagrams handed to the recv callback at once; a batch of coalesced
+ * messages is split and delivered in runs of at most this many. */
+#define RECV_DGRAMS_MAX 256
 
 typedef union ctlbuf {
   char buf[CTL_BYTES];
@@ -53,7 +61,9 @@ struct atun_udp {
   int wildcard; /* bound to 0.0.0.0 or :: */
   int dual;
   int gso;
+  int gro;
   int pktinfo;
+  size_t rslot; /* bytes per receive slot */
   atun_udp_settings s;
   atun_udp_callbacks cb;
   void *user_data;
@@ -68,7 +78,7 @@ struct atun_udp {
   struct iovec riov[ATUN_UDP_BATCH];
   struct sockaddr_storage rname[ATUN_UDP_BATCH];
   ctlbuf rctl[ATUN_UDP_BATCH];
-  atun_udp_datagram dg[ATUN_UDP_BATCH];
+  atun_udp_datagram dg[RECV_DGRAMS_MAX];
 
   /* send: a ring of |s.send_queue_max| slots */
   slot *q;
@@ -92,6 +102,7 @@ void atun_udp_settings_default(atun_udp_settings *s) {
   s->send_queue_max = 1024;
   s->recv_batches_max = 8;
   s->gso = 1;
+  s->gro = 1;
 }
 
 static int settings_valid(const atun_udp_settings *s) {
@@ -170,68 +181,44 @@ static int addr_is_unspecified(const atun_addr *a) {
 
 /* --- receive ----------------------------------------------------------------------------- */
 
-/* The destination address of a datagram from its pktinfo, if any. */
-static int cmsg_local_addr(struct msghdr *mh, atun_addr *out) {
+/* The destination address (pktinfo) and the segment size of a coalesced
+ * message (UDP_GRO) from the control messages; |*seg| stays 0 without. */
+static void cmsg_parse(struct msghdr *mh, atun_addr *local, size_t *seg) {
   for (struct cmsghdr *c = CMSG_FIRSTHDR(mh); c != NULL; c = CMSG_NXTHDR(mh, c)) {
     if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO) {
       struct in_pktinfo pi;
       memcpy(&pi, CMSG_DATA(c), sizeof(pi));
-      out->family = ATUN_AF_INET;
-      memcpy(out->bytes, &pi.ipi_addr, 4);
-      return 1;
-    }
-    if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO) {
+      local->family = ATUN_AF_INET;
+      memcpy(local->bytes, &pi.ipi_addr, 4);
+    } else if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO) {
       struct in6_pktinfo pi;
       memcpy(&pi, CMSG_DATA(c), sizeof(pi));
-      out->family = ATUN_AF_INET6;
-      memcpy(out->bytes, pi.ipi6_addr.s6_addr, 16);
-      atun_addr_normalize(out);
-      return 1;
+      local->family = ATUN_AF_INET6;
+      memcpy(local->bytes, pi.ipi6_addr.s6_addr, 16);
+      atun_addr_normalize(local);
+    } else if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
+      int v;
+      memcpy(&v, CMSG_DATA(c), sizeof(v));
+      *seg = v > 0 ? (size_t)v : 0;
     }
   }
-  return 0;
 }
 
 static void recv_prepare(atun_udp *u) {
   for (size_t i = 0; i < ATUN_UDP_BATCH; ++i) {
-    u->riov[i].iov_base = u->rbuf + i * u->s.recv_datagram_max;
-    u->riov[i].iov_len = u->s.recv_datagram_max;
+    u->riov[i].iov_base = u->rbuf + i * u->rslot;
+    u->riov[i].iov_len = u->rslot;
     struct msghdr *mh = &u->rmsg[i].msg_hdr;
     memset(mh, 0, sizeof(*mh));
     mh->msg_name = &u->rname[i];
     mh->msg_namelen = sizeof(u->rname[i]);
     mh->msg_iov = &u->riov[i];
     mh->msg_iovlen = 1;
-    mh->msg_control = u->pktinfo ? u->rctl[i].buf : NULL;
-    mh->msg_controllen = u->pktinfo ? sizeof(u->rctl[i].buf) : 0;
+    int ctl = u->pktinfo || u->gro;
+    mh->msg_control = ctl ? u->rctl[i].buf : NULL;
+    mh->msg_controllen = ctl ? sizeof(u->rctl[i].buf) : 0;
     u->rmsg[i].msg_len = 0;
   }
-}
-
-/* Turns |n| received messages into datagrams; returns how many are kept. */
-static size_t recv_collect(atun_udp *u, size_t n) {
-  size_t k = 0;
-  for (size_t i = 0; i < n; ++i) {
-    struct msghdr *mh = &u->rmsg[i].msg_hdr;
-    if (mh->msg_flags & MSG_TRUNC) {
-      ++u->st.recv_truncated;
-      continue;
-    }
-    atun_udp_datagram *d = &u->dg[k];
-    if (atun_udp_endpoint_from_sockaddr(&d->path.remote, mh->msg_name,
-                                        mh->msg_namelen) != 0) {
-      ++u->st.recv_errors;
-      continue;
-    }
-    d->path.local = u->local;
-    if (u->pktinfo) cmsg_local_addr(mh, &d->path.local.addr);
-    d->data = u->riov[i].iov_base;
-    d->len = u->rmsg[i].msg_len;
-    ++u->st.datagrams_in;
-    u->st.bytes_in += d->len;
-    ++k;
-  }
-  return k;
 }
 
 static void udp_free(atun_udp *u);
@@ -246,6 +233,53 @@ static int deliver(atun_udp *u, size_t k) {
   return -1;
 }
 
+/* Turns |n| received messages into datagrams, a coalesced message into its
+ * segments, and delivers them in runs.  Returns -1 if a callback deleted
+ * the socket. */
+static int recv_collect(atun_udp *u, size_t n) {
+  size_t k = 0;
+  for (size_t i = 0; i < n; ++i) {
+    struct msghdr *mh = &u->rmsg[i].msg_hdr;
+    if (mh->msg_flags & MSG_TRUNC) {
+      ++u->st.recv_truncated;
+      continue;
+    }
+    atun_quic_path path;
+    if (atun_udp_endpoint_from_sockaddr(&path.remote, mh->msg_name,
+                                        mh->msg_namelen) != 0) {
+      ++u->st.recv_errors;
+      continue;
+    }
+    path.local = u->local;
+    size_t len = u->rmsg[i].msg_len, seg = 0;
+    cmsg_parse(mh, &path.local.addr, &seg);
+    if (seg == 0 || seg > len) seg = len;
+    if (seg < len) ++u->st.gro_recvs;
+    const uint8_t *data = u->riov[i].iov_base;
+    size_t off = 0;
+    do {
+      size_t dl = len - off < seg ? len - off : seg;
+      const uint8_t *at = data + off;
+      off += dl;
+      if (dl > u->s.recv_datagram_max) {
+        ++u->st.recv_truncated; /* a coalesced one the slot bound misses */
+        continue;
+      }
+      atun_udp_datagram *d = &u->dg[k];
+      d->path = path;
+      d->data = at;
+      d->len = dl;
+      ++u->st.datagrams_in;
+      u->st.bytes_in += dl;
+      if (++k == RECV_DGRAMS_MAX) {
+        if (deliver(u, k) != 0) return -1;
+        k = 0;
+      }
+    } while (off < len);
+  }
+  return k > 0 ? deliver(u, k) : 0;
+}
+
 static void recv_cb(struct ev_loop *loop, ev_io *w, int revents) {
   atun_udp *u = w->data;
   (void)loop;
@@ -258,8 +292,7 @@ static void recv_cb(struct ev_loop *loop, ev_io *w, int revents) {
       if (errno != EAGAIN && errno != EWOULDBLOCK) ++u->st.recv_errors;
       return;
     }
-    size_t k = recv_collect(u, (size_t)n);
-    if (k > 0 && deliver(u, k) != 0) return;
+    if (recv_collect(u, (size_t)n) != 0) return;
     if (n < ATUN_UDP_BATCH) return;
   }
 }
@@ -569,11 +602,14 @@ static int socket_open(atun_udp *u, const atun_quic_endpoint *local) {
   u->local = *local;
   u->local.port = port;
   u->gso = u->s.gso && gso_available(u->fd);
+  int one = 1;
+  u->gro = u->s.gro && setsockopt(u->fd, SOL_UDP, UDP_GRO, &one, sizeof(one)) == 0;
+  u->rslot = u->gro ? ATUN_UDP_GRO_BYTES_MAX : u->s.recv_datagram_max;
   return 0;
 }
 
 static int buffers_alloc(atun_udp *u) {
-  u->rbuf = atun_mem_malloc(u->mem, ATUN_UDP_BATCH * u->s.recv_datagram_max);
+  u->rbuf = atun_mem_malloc(u->mem, ATUN_UDP_BATCH * u->rslot);
   u->q = atun_mem_calloc(u->mem, u->s.send_queue_max, sizeof(*u->q));
   u->qbuf = atun_mem_malloc(u->mem, u->s.send_queue_max * u->s.send_datagram_max);
   return u->rbuf != NULL && u->q != NULL && u->qbuf != NULL ? 0 : ATUN_ERR_NOMEM;
@@ -614,8 +650,7 @@ int atun_udp_new(atun_udp **pudp, struct ev_loop *loop,
   u->family = local->addr.family == ATUN_AF_INET ? AF_INET : AF_INET6;
   u->wildcard = addr_is_unspecified(&local->addr);
   u->dual = u->family == AF_INET6 && u->wildcard;
-  int rv = buffers_alloc(u);
-  if (rv == 0 && socket_open(u, local) != 0) rv = errno_to_error(errno);
+  int rv = socket_open(u, local) != 0 ? errno_to_error(errno) : buffers_alloc(u);
   if (rv != 0) {
     int e = errno;
     udp_free(u);
@@ -650,6 +685,7 @@ void atun_udp_get_info(const atun_udp *u, atun_udp_info *out) {
   out->rcvbuf_bytes = u->rcvbuf;
   out->sndbuf_bytes = u->sndbuf;
   out->gso = u->gso;
+  out->gro = u->gro;
   out->pktinfo = u->pktinfo;
 }
 

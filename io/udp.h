@@ -14,6 +14,12 @@
  *   to a wildcard address learns each datagram's destination address
  *   (IP_PKTINFO / IPV6_RECVPKTINFO) and can answer from that address, so a
  *   multi-homed gateway replies from the address the agent dialled.
+ * - With UDP_GRO (asked for by default, used when the kernel grants it) the
+ *   kernel may hand over a run of datagrams of one sender as one message
+ *   with their segment size; it is split again before the callback, which
+ *   sees single datagrams either way.  Each of the ATUN_UDP_BATCH receive
+ *   slots is then ATUN_UDP_GRO_BYTES_MAX bytes (2 MiB in all, touched only
+ *   as far as traffic fills them) instead of |recv_datagram_max|.
  * - Send: datagrams go into a bounded queue of |send_queue_max| slots
  *   (allocated once, at creation) and leave with sendmmsg, or with UDP GSO
  *   (UDP_SEGMENT, detected at run time) for runs of equal-size datagrams to
@@ -48,6 +54,8 @@ struct ev_loop;
  * bound (one IP datagram). */
 #define ATUN_UDP_GSO_SEGMENTS_MAX 64
 #define ATUN_UDP_GSO_BYTES_MAX 65000
+/* Receive slot size with UDP_GRO: the largest message the kernel builds. */
+#define ATUN_UDP_GRO_BYTES_MAX 65535
 /* Bounds of the settings. */
 #define ATUN_UDP_DATAGRAM_LIMIT 65507
 #define ATUN_UDP_DATAGRAM_MIN 64
@@ -71,6 +79,8 @@ typedef struct atun_udp_settings {
   size_t recv_batches_max;
   /* Nonzero: use UDP_SEGMENT when the kernel has it.  Default 1. */
   int gso;
+  /* Nonzero: ask for UDP_GRO (coalesced receive).  Default 1. */
+  int gro;
 } atun_udp_settings;
 
 void atun_udp_settings_default(atun_udp_settings *settings);
@@ -100,6 +110,7 @@ typedef struct atun_udp_info {
   size_t rcvbuf_bytes;      /* as the kernel reports it (Linux doubles) */
   size_t sndbuf_bytes;
   int gso;                  /* UDP_SEGMENT in use */
+  int gro;                  /* UDP_GRO in use */
   int pktinfo;              /* destination addresses known per datagram */
 } atun_udp_info;
 
@@ -109,6 +120,7 @@ typedef struct atun_udp_stats {
   uint64_t datagrams_out; /* handed to the kernel */
   uint64_t bytes_out;
   uint64_t recv_truncated; /* longer than recv_datagram_max: dropped */
+  uint64_t gro_recvs;      /* messages that carried several datagrams */
   uint64_t recv_errors;    /* recvmmsg failures other than EAGAIN */
   uint64_t send_dropped;   /* queue full: dropped */
   uint64_t send_errors;    /* datagrams dropped by a failed send */

@@ -33,6 +33,7 @@ typedef struct rx {
   size_t lens[RX_MAX];
   uint8_t first[RX_MAX]; /* first byte of each */
   int content_ok;
+  size_t max_run; /* most datagrams in one callback */
   atun_quic_path last_path;
   atun_udp *del_me; /* delete this socket from the callback */
 } rx;
@@ -51,6 +52,7 @@ static int check(const uint8_t *p, size_t len, uint8_t i) {
 static void on_recv(atun_udp *udp, const atun_udp_datagram *d, size_t n, void *ud) {
   rx *r = ud;
   ++r->calls;
+  if (n > r->max_run) r->max_run = n;
   for (size_t i = 0; i < n; ++i) {
     if (r->n < RX_MAX) {
       r->lens[r->n] = d[i].len;
@@ -391,6 +393,108 @@ Test(udp, gso_off_by_setting) {
   atun_udp_del(u);
 }
 
+/* A GSO burst to a receiver with UDP_GRO: the kernel may hand it over as
+ * few large messages; the callback still sees every datagram, in order,
+ * with its own length. */
+Test(udp, gro_splits_coalesced_messages) {
+  rx ra = {0}, rb = {.content_ok = 1};
+  atun_udp *a, *b;
+  cr_assert_eq(open_udp(&a, "127.0.0.1", NULL, &ra), 0);
+  cr_assert_eq(open_udp(&b, "127.0.0.1", NULL, &rb), 0);
+  atun_udp_info ia, ib;
+  atun_udp_get_info(a, &ia);
+  atun_udp_get_info(b, &ib);
+  if (!ia.gso || !ib.gro) cr_skip_test("no UDP_SEGMENT / UDP_GRO in this kernel");
+  atun_quic_path pb = to(b);
+  gso_burst(a, &pb, 100, 1200, 333);
+  run_until(&rb.n, 100);
+  cr_assert_eq(rb.n, 100);
+  cr_assert(rb.content_ok);
+  for (size_t i = 0; i < 100; ++i) {
+    cr_assert_eq(rb.lens[i], i == 99 ? 333 : 1200, "datagram %zu", i);
+    cr_assert_eq(rb.first[i], (uint8_t)i);
+  }
+  atun_udp_stats st;
+  atun_udp_get_stats(b, &st);
+  cr_assert_eq(st.datagrams_in, 100);
+  cr_assert_eq(st.bytes_in, 99 * 1200 + 333);
+  cr_assert_gt(st.gro_recvs, 0);
+  cr_log_info("100 datagrams arrived in %lu callbacks, %lu coalesced messages",
+              (unsigned long)rb.calls, (unsigned long)st.gro_recvs);
+  atun_udp_del(a);
+  atun_udp_del(b);
+}
+
+Test(udp, gro_off_by_setting) {
+  rx ra = {0}, rb = {.content_ok = 1};
+  atun_udp_settings s;
+  atun_udp_settings_default(&s);
+  s.gro = 0;
+  atun_udp *a, *b;
+  cr_assert_eq(open_udp(&a, "127.0.0.1", NULL, &ra), 0);
+  cr_assert_eq(open_udp(&b, "127.0.0.1", &s, &rb), 0);
+  atun_udp_info info;
+  atun_udp_get_info(b, &info);
+  cr_assert_eq(info.gro, 0);
+  atun_quic_path pb = to(b);
+  gso_burst(a, &pb, 50, 1000, 1000);
+  run_until(&rb.n, 50);
+  cr_assert_eq(rb.n, 50);
+  cr_assert(rb.content_ok);
+  atun_udp_stats st;
+  atun_udp_get_stats(b, &st);
+  cr_assert_eq(st.gro_recvs, 0);
+  atun_udp_del(a);
+  atun_udp_del(b);
+}
+
+/* The per-datagram bound holds for coalesced segments too. */
+Test(udp, gro_segment_above_bound_dropped) {
+  rx ra = {0}, rb = {.content_ok = 1};
+  atun_udp_settings s;
+  atun_udp_settings_default(&s);
+  s.recv_datagram_max = 1000;
+  atun_udp *a, *b;
+  cr_assert_eq(open_udp(&a, "127.0.0.1", NULL, &ra), 0);
+  cr_assert_eq(open_udp(&b, "127.0.0.1", &s, &rb), 0);
+  atun_quic_path pb = to(b);
+  gso_burst(a, &pb, 10, 1001, 1001);
+  gso_burst(a, &pb, 5, 1000, 1000);
+  run_until(&rb.n, 5);
+  cr_assert_eq(rb.n, 5);
+  cr_assert(rb.content_ok);
+  for (size_t i = 0; i < 5; ++i) cr_assert_eq(rb.lens[i], 1000);
+  atun_udp_stats st;
+  atun_udp_get_stats(b, &st);
+  cr_assert_eq(st.recv_truncated, 10);
+  cr_assert_eq(st.datagrams_in, 5);
+  atun_udp_del(a);
+  atun_udp_del(b);
+}
+
+/* However many datagrams one recvmmsg brings, the callback gets them in
+ * runs of a bounded size. */
+Test(udp, gro_delivery_runs_bounded) {
+  rx ra = {0}, rb = {.content_ok = 1};
+  atun_udp *a, *b;
+  cr_assert_eq(open_udp(&a, "127.0.0.1", NULL, &ra), 0);
+  cr_assert_eq(open_udp(&b, "127.0.0.1", NULL, &rb), 0);
+  atun_udp_info ia, ib;
+  atun_udp_get_info(a, &ia);
+  atun_udp_get_info(b, &ib);
+  if (!ia.gso || !ib.gro) cr_skip_test("no UDP_SEGMENT / UDP_GRO in this kernel");
+  atun_quic_path pb = to(b);
+  for (int k = 0; k < 10; ++k) gso_burst(a, &pb, 64, 100, 100);
+  run_until(&rb.n, 640);
+  cr_assert_eq(rb.n, 640);
+  cr_assert(rb.content_ok);
+  cr_assert_leq(rb.max_run, 256);
+  cr_log_info("640 datagrams in %lu callbacks, largest run %lu", (unsigned long)rb.calls,
+              (unsigned long)rb.max_run);
+  atun_udp_del(a);
+  atun_udp_del(b);
+}
+
 /* A wildcard socket learns where each datagram was sent and answers from
  * there: IPv4 on 0.0.0.0, and IPv4 on a dual-stack [::] socket. */
 static void wildcard(const char *any) {
@@ -459,6 +563,7 @@ Test(udp, receive_batches_bounded) {
   atun_udp_settings s;
   atun_udp_settings_default(&s);
   s.recv_batches_max = 1;
+  s.gro = 0; /* coalescing would put more datagrams into one message */
   atun_udp *a, *b;
   cr_assert_eq(open_udp(&a, "127.0.0.1", NULL, &ra), 0);
   cr_assert_eq(open_udp(&b, "127.0.0.1", &s, &rb), 0);
