@@ -38,6 +38,8 @@ _Static_assert(sizeof(atun_mem) == sizeof(ngtcp2_mem), "allocator shape");
 #define WRITE_NVEC 2
 /* Datagrams written back to back before ngtcp2's pacer is told. */
 #define BURST_MAX 64
+/* Stream table buckets of a new connection (it doubles as streams come). */
+#define STREAM_BUCKETS_MIN 16
 /* ngtcp2 keeps at most this many of our connection ids alive. */
 #define SCIDS_MAX 16
 #define AGENT_URI_PREFIX "atun://agent/"
@@ -499,7 +501,8 @@ struct atun_quic_conn {
   ngtcp2_cid odcid;       /* server: the client's original destination id */
 
   qstream **buckets;
-  size_t nbuckets; /* a power of two */
+  size_t nbuckets;     /* a power of two, grows with the streams */
+  size_t nbuckets_max; /* where growth stops */
   size_t nlocal, nremote;
   qstream *ready_head, *ready_tail;
   size_t nready;
@@ -574,7 +577,36 @@ static qstream *stream_find(const atun_quic_conn *c, int64_t id) {
   return s;
 }
 
+/* Doubles the table once it holds as many streams as buckets, up to the
+ * size |max_streams_bidi| calls for: an idle connection keeps a small
+ * table, a busy one short chains.  A failed allocation keeps the old
+ * table (longer chains, nothing lost). */
+static void table_grow(atun_quic_conn *c) {
+  if (c->nlocal + c->nremote < c->nbuckets || c->nbuckets >= c->nbuckets_max) {
+    return;
+  }
+  size_t old_n = c->nbuckets;
+  qstream **old = c->buckets;
+  qstream **fresh = atun_mem_calloc(c->mem, old_n * 2, sizeof(*fresh));
+  if (fresh == NULL) {
+    return;
+  }
+  c->buckets = fresh;
+  c->nbuckets = old_n * 2;
+  for (size_t i = 0; i < old_n; ++i) {
+    while (old[i] != NULL) {
+      qstream *s = old[i];
+      old[i] = s->hnext;
+      size_t h = stream_hash(c, s->id);
+      s->hnext = fresh[h];
+      fresh[h] = s;
+    }
+  }
+  atun_mem_free(c->mem, old);
+}
+
 static void stream_insert(atun_quic_conn *c, qstream *s) {
+  table_grow(c);
   size_t h = stream_hash(c, s->id);
   s->hnext = c->buckets[h];
   c->buckets[h] = s;
@@ -1286,7 +1318,7 @@ static int config_valid(const atun_quic_conn_config *cfg, atun_quic_role role) {
 }
 
 static size_t buckets_for(uint64_t max_streams) {
-  size_t n = 16;
+  size_t n = STREAM_BUCKETS_MIN;
   while (n < 2 * max_streams) {
     n <<= 1;
   }
@@ -1316,7 +1348,8 @@ static int conn_alloc(atun_quic_conn **pc, const atun_quic_conn_config *cfg,
   c->user_data = cfg->user_data;
   c->role = role;
   c->close_deadline = ATUN_TSTAMP_MAX;
-  c->nbuckets = buckets_for(c->settings.max_streams_bidi);
+  c->nbuckets = STREAM_BUCKETS_MIN;
+  c->nbuckets_max = buckets_for(c->settings.max_streams_bidi);
   c->buckets = atun_mem_calloc(mem, c->nbuckets, sizeof(*c->buckets));
   if (c->buckets == NULL) {
     goto fail_buckets;

@@ -1480,6 +1480,45 @@ Test(quic_stream, many_streams) {
   pair_free(&p);
 }
 
+static int server_got_100(pair *p) { return p->s.nopened == 100 && p->s.rx_len == 100; }
+
+/* The stream table grows from 16 buckets as streams come; a growth that
+ * finds no memory is swallowed (the old table, longer chains) and every
+ * stream still works. */
+Test(quic_stream, stream_table_growth_and_its_failure) {
+  atun_failmem fm;
+  atun_failmem_init(&fm, -1);
+  pair p;
+  pair_init(&p);
+  p.cset.max_streams_bidi = p.sset.max_streams_bidi = 100;
+  p.cmem = &fm.mem;
+  pair_start(&p, tls_client(&K.client, NULL, NULL), &K.ca);
+  handshake(&p);
+  int64_t sid[100];
+  long swallowed = 0;
+  for (int i = 0; i < 100; ++i) {
+    /* Fail each allocation of the open in turn until one open succeeds
+     * although an allocation failed: that one was the table's growth. */
+    int rv = ATUN_ERR_NOMEM;
+    for (long k = 0; rv == ATUN_ERR_NOMEM && k < 8; ++k) {
+      long before = fm.failures;
+      atun_failmem_arm(&fm, i >= 16 ? k : -1, 1);
+      rv = atun_quic_stream_open(p.c.conn, &sid[i], NULL);
+      if (rv == 0 && fm.failures > before) ++swallowed;
+    }
+    atun_failmem_arm(&fm, -1, 0);
+    cr_assert_eq(rv, 0, "stream %d", i);
+  }
+  /* Growth was due at 16, 32 and 64 streams. */
+  cr_assert_geq(swallowed, 1);
+  for (int i = 0; i < 100; ++i) {
+    cr_assert_eq(atun_quic_stream_write(p.c.conn, sid[i], (const uint8_t *)"a", 1, 1), 1);
+  }
+  cr_assert(pump(&p, server_got_100, p.now + ATUN_NS_PER_S, 2000));
+  pair_free(&p);
+  cr_assert_eq(fm.live, 0);
+}
+
 static int server_moved(pair *p) {
   return p->s.sent_to_port == 40001 && p->s.rx_len == 2;
 }
