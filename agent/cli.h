@@ -9,6 +9,7 @@
 #define AGENT_EXIT_FAILURE 1 /* runtime failure: network, files, gateway */
 #define AGENT_EXIT_USAGE 2   /* bad command line, config or credentials */
 #define AGENT_EXIT_REFUSED 3 /* enrollment refused: do not retry as is */
+#define AGENT_EXIT_NOT_RUNNING 4 /* status: no agent runs with this config */
 
 /* `atun-agent enroll ...` and `atun-agent run ...`; |argv|[0] is the
  * command name.  Each returns an exit code. */

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "status.h"
 #include "version.h"
 
 static const char usage_text[] =
@@ -15,6 +16,9 @@ static const char usage_text[] =
     "commands:\n"
     "  enroll <string> --name NAME   enroll with a gateway (see enroll --help)\n"
     "  run [--config PATH]           run the agent (see run --help)\n"
+    "  status [--config PATH]        what the running agent reports: connection,\n"
+    "                                routes, streams, certificate expiry, last\n"
+    "                                errors (see status --help)\n"
     "\n"
     "  -h, --help                    this text\n"
     "  -V, --version                 print the version\n"
@@ -24,7 +28,8 @@ static const char usage_text[] =
     "  1  runtime failure (network, files, the gateway failed)\n"
     "  2  usage or configuration error (bad arguments, bad config, not enrolled)\n"
     "  3  enrollment refused (token unknown, used or expired, or the gateway's\n"
-    "     certificate does not match the pin): retrying as is will not help\n";
+    "     certificate does not match the pin): retrying as is will not help\n"
+    "  4  status: the agent is not running\n";
 
 int main(int argc, char **argv) {
   /* A peer that closes first must not kill the process with SIGPIPE. */
@@ -44,6 +49,7 @@ int main(int argc, char **argv) {
   }
   if (strcmp(cmd, "enroll") == 0) return agent_enroll_main(argc - 1, argv + 1);
   if (strcmp(cmd, "run") == 0) return agent_run_main(argc - 1, argv + 1);
+  if (strcmp(cmd, "status") == 0) return agent_status_main(argc - 1, argv + 1);
   fprintf(stderr, "atun-agent: unknown command '%s'\n\n%s", cmd, usage_text);
   return AGENT_EXIT_USAGE;
 }

@@ -38,11 +38,17 @@
 #include "renew.h"
 #include "routes.h"
 #include "session_agent.h"
+#include "status.h"
 #include "target.h"
 #include "version.h"
 
+/* Streams a QUIC server opens have the low bit set (RFC 9000 §2.1). */
+#define STREAM_BY_SERVER(id) (((id) & 1) != 0)
 /* Bytes moved from the session to the control stream per write call. */
 #define PUMP_CHUNK 16384
+/* How often the status file is looked at: written when something changed,
+ * or AGENT_STATUS_REFRESH_S after the last write. */
+#define STATUS_TICK_S 1.0
 /* After the drain timeout, this much more before the loop is left anyway:
  * the session's own timer ends a drain; this only guards against a bug. */
 #define STOP_GRACE_S 2.0
@@ -58,6 +64,15 @@ typedef struct agent {
   agent_dp *dp;
   /* The current connection; NULL between attempts. */
   atun_quic_conn *conn;
+  /* A connection the gateway said Goodbye on, kept for its streams
+   * (linger_start); NULL when none. */
+  atun_quic_conn *linger;
+  ev_timer linger_timer; /* drain_timeout after linger_start */
+  int linger_closing;    /* CONNECTION_CLOSE asked for |linger| */
+  /* Streams the gateway opened and QUIC has not closed yet (all data
+   * acked both ways), on |conn| and on |linger|. */
+  size_t peer_streams, linger_streams;
+  int goodbye;    /* the gateway said Goodbye on |conn| */
   int64_t ctrl;   /* control stream id, -1 while none */
   size_t ctrl_unacked; /* bytes written to |ctrl| the gateway has not acked */
   int close_sent; /* CONNECTION_CLOSE asked for |conn| */
@@ -73,6 +88,13 @@ typedef struct agent {
   ev_timer timer;
   ev_timer stop_timer;
   ev_signal sig_hup, sig_term, sig_int;
+  /* status.json (status.h) */
+  ev_timer status_timer;
+  agent_routes routes;        /* last advertised */
+  atun_tstamp connected_at;   /* wall; ATUN_TSTAMP_MAX while not admitted */
+  uint64_t status_sig;        /* what the last write showed, folded */
+  atun_tstamp status_written; /* mono */
+  int status_failing;         /* the last write failed (logged once) */
 } agent;
 
 static const char usage_text[] =
@@ -82,8 +104,10 @@ static const char usage_text[] =
     "advertises the configured subnets and domains (plus the search domains\n"
     "of resolv.conf when auto_detect_domains is on), and reconnects forever\n"
     "with backoff.  SIGHUP reloads the config and advertises the new routes\n"
-    "on the same connection; SIGTERM or SIGINT says Goodbye and exits within\n"
-    "the drain timeout.\n"
+    "on the same connection; SIGTERM or SIGINT says Goodbye, lets open\n"
+    "streams finish and exits within the drain timeout.\n"
+    "\n"
+    "Writes status.json next to cert_file for `atun-agent status`.\n"
     "\n"
     "options:\n"
     "  --config PATH   config file (default " AGENT_CONFIG_DEFAULT ")\n"
@@ -116,6 +140,7 @@ static int session_ok(agent *a, int rv, const char *what) {
 static void tell_failed(agent *a) {
   if (a->told) return;
   a->told = 1;
+  a->connected_at = ATUN_TSTAMP_MAX;
   session_ok(a, atun_session_agent_on_transport_failed(a->session, now(a)),
              "transport_failed");
 }
@@ -151,13 +176,17 @@ static int advertise(agent *a, const atun_config_agent *cfg) {
   if (rv == 0)
     rv = atun_session_agent_set_routes(a->session, now(a), r.subnets, r.subnet_count,
                                      r.domains, r.domain_count);
-  if (rv == 0)
-    atun_log(ATUN_LOG_INFO, "agent", "routes", "epoch=%llu subnets=%zu domains=%zu "
-             "auto_detected=%zu",
-             (unsigned long long)atun_session_agent_get_epoch(a->session),
-             r.subnet_count, r.domain_count - r.detected, r.detected);
-  agent_routes_free(&r);
-  return rv;
+  if (rv != 0) {
+    agent_routes_free(&r);
+    return rv;
+  }
+  atun_log(ATUN_LOG_INFO, "agent", "routes", "epoch=%llu subnets=%zu domains=%zu "
+           "auto_detected=%zu",
+           (unsigned long long)atun_session_agent_get_epoch(a->session),
+           r.subnet_count, r.domain_count - r.detected, r.detected);
+  agent_routes_free(&a->routes);
+  a->routes = r; /* for the status file */
+  return 0;
 }
 
 /* --- dialling ------------------------------------------------------------------ */
@@ -200,7 +229,10 @@ static void dial(agent *a) {
     atun_quic_ev_abort(a->conn);
     a->conn = NULL;
   }
-  use_renewed_cert(a);
+  /* A new endpoint would take the lingering connection with the old one. */
+  if (a->linger == NULL) use_renewed_cert(a);
+  a->goodbye = 0;
+  a->peer_streams = 0;
   ++a->attempt;
   a->ctrl = -1;
   a->ctrl_unacked = 0;
@@ -250,11 +282,60 @@ static void pump(agent *a) {
   }
 }
 
+/* The gateway said Goodbye (it is draining) while streams run on the
+ * connection.  The session has moved on to backoff, but the connection
+ * stays, without a control stream, until its streams end or drain_timeout
+ * passes (the gateway closes it at its own drain deadline anyway); the
+ * next dial makes a new one.  New streams on it are refused. */
+static void linger_start(agent *a) {
+  a->linger = a->conn;
+  a->linger_streams = a->peer_streams;
+  a->linger_closing = 0;
+  a->conn = NULL;
+  a->ctrl = -1;
+  atun_log(ATUN_LOG_INFO, "agent", "lingering", "streams=%zu timeout_ms=%llu",
+           a->linger_streams, (unsigned long long)(a->cfg.drain_timeout_ns / ATUN_NS_PER_MS));
+  ev_timer_set(&a->linger_timer, (double)a->cfg.drain_timeout_ns / (double)ATUN_NS_PER_S, 0.);
+  ev_timer_start(a->loop, &a->linger_timer);
+}
+
+/* Closes the lingering connection; it stays |linger| until deleted, since
+ * the endpoint takes no new connection before. */
+static void linger_end(agent *a, const char *why) {
+  if (a->linger == NULL || a->linger_closing) return;
+  a->linger_closing = 1;
+  ev_timer_stop(a->loop, &a->linger_timer);
+  atun_log(ATUN_LOG_INFO, "agent", "linger_ended", "reason=%s streams=%zu", why,
+           a->linger_streams);
+  atun_quic_ev_close(a->linger, ATUN_APP_NO_ERROR, why);
+}
+
+/* The lingering connection was deleted (closed by us or by the gateway). */
+static void linger_gone(agent *a, const atun_quic_conn *conn) {
+  if (conn != a->linger) return;
+  a->linger = NULL;
+  ev_timer_stop(a->loop, &a->linger_timer);
+  /* A dial that waited for it runs from the loop. */
+  ev_timer_stop(a->loop, &a->timer);
+  ev_timer_set(&a->timer, 0., 0.);
+  ev_timer_start(a->loop, &a->timer);
+}
+
+static void on_linger_timer(struct ev_loop *loop, ev_timer *w, int revents) {
+  (void)loop, (void)revents;
+  linger_end(w->data, "drain_timeout");
+  service(w->data);
+}
+
 static void close_if_asked(agent *a) {
   uint64_t app_error;
   if (a->conn == NULL || a->close_sent ||
       !atun_session_agent_want_close(a->session, &app_error))
     return;
+  if (a->goodbye && !a->stopping && a->linger == NULL && a->peer_streams > 0) {
+    linger_start(a);
+    return;
+  }
   a->close_sent = 1;
   atun_quic_ev_close(a->conn, app_error, atun_app_error_name(app_error));
 }
@@ -282,12 +363,14 @@ static void arm(agent *a) {
 /* The session drains until the gateway closes or the drain timeout fires;
  * it does not know about proxied streams.  Once the gateway has acked
  * Goodbye and no stream is open, nothing is left to wait for: close now,
- * which ends the drain. */
+ * which ends the drain.  A stream is over once QUIC closed it (every byte
+ * acked), not when its record ended: the last bytes may still be in
+ * flight then. */
 static void finish_drain(agent *a) {
   if (!a->stopping || a->conn == NULL || a->close_sent || a->told ||
       atun_session_agent_get_state(a->session) != ATUN_SESSION_AGENT_DRAINING ||
       atun_session_agent_pending(a->session) > 0 || a->ctrl_unacked > 0 ||
-      agent_dp_count(a->dp) > 0)
+      agent_dp_count(a->dp) > 0 || a->peer_streams > 0)
     return;
   a->close_sent = 1;
   atun_quic_ev_close(a->conn, ATUN_APP_SHUTDOWN, "drained");
@@ -310,7 +393,11 @@ static void maybe_stop(agent *a) {
 static agent_renew renewal;
 
 static void service(agent *a) {
-  if (a->dial_pending && a->in_cb == 0) dial(a);
+  /* Every stream closed means every byte acked: closing loses nothing. */
+  if (a->linger != NULL && a->linger_streams == 0) linger_end(a, "drained");
+  /* The endpoint holds one connection: the next waits for the lingering
+   * one to end. */
+  if (a->dial_pending && a->in_cb == 0 && a->linger == NULL) dial(a);
   session_ok(a, agent_renew_tick(&renewal, &a->cfg, a->session, now(a),
                                  agent_renew_wall_now()), "renewal");
   pump(a);
@@ -352,6 +439,7 @@ static int on_session_event(atun_session_agent *s, const atun_session_agent_even
   case ATUN_SESSION_AGENT_EV_CONNECT_NOW: a->dial_pending = 1; break;
   case ATUN_SESSION_AGENT_EV_ESTABLISHED:
     a->admitted = 1;
+    a->connected_at = agent_renew_wall_now();
     log_established(ev);
     agent_renew_on_established(&renewal);
     break;
@@ -364,6 +452,7 @@ static int on_session_event(atun_session_agent *s, const atun_session_agent_even
     (void)agent_renew_on_response(&renewal, &a->cfg, ev->u.renew, agent_renew_wall_now());
     break;
   case ATUN_SESSION_AGENT_EV_GOODBYE:
+    a->goodbye = 1;
     atun_log(ATUN_LOG_INFO, "agent", "gateway_goodbye", "reason=%llu message=%s",
              (unsigned long long)ev->u.goodbye.reason, ev->u.goodbye.message);
     break;
@@ -409,9 +498,13 @@ static int on_handshake(atun_quic_conn *conn, void *ud) {
                "transport_connected");
 }
 
+/* Draining (ours, or lingering after the gateway's Goodbye) takes no new
+ * streams: the gateway moves on to another candidate. */
 static int on_stream_open(atun_quic_conn *conn, int64_t id, void *ud) {
   agent *a = ud;
-  if (conn == a->conn) agent_dp_on_stream_open(a->dp, conn, id);
+  if (conn == a->conn) ++a->peer_streams;
+  else if (conn == a->linger) ++a->linger_streams;
+  if (conn == a->conn && !a->stopping) agent_dp_on_stream_open(a->dp, conn, id);
   else atun_quic_stream_shutdown(conn, id, ATUN_APP_CONNECT_FAILED);
   return 0;
 }
@@ -457,6 +550,17 @@ static int on_stream_closed(atun_quic_conn *conn, int64_t id, int has_error,
   agent *a = ud;
   if (sud != NULL) agent_dp_on_stream_closed(a->dp, has_error, err, sud);
   if (conn == a->conn && id == a->ctrl) a->ctrl = -1;
+  if (!STREAM_BY_SERVER(id)) return 0;
+  int last = 0;
+  if (conn == a->conn && a->peer_streams > 0) last = --a->peer_streams == 0 && a->stopping;
+  if (conn == a->linger && a->linger_streams > 0) last = --a->linger_streams == 0;
+  if (last) {
+    /* A drain or a linger may end now; closing from inside a stream
+     * callback is not allowed, so from the loop. */
+    ev_timer_stop(a->loop, &a->timer);
+    ev_timer_set(&a->timer, 0., 0.);
+    ev_timer_start(a->loop, &a->timer);
+  }
   return 0;
 }
 
@@ -527,6 +631,7 @@ static void on_conn_deleted(atun_quic_ev *ep, atun_quic_conn *conn, void *conn_u
   agent *a = ep_ud;
   (void)ep, (void)conn_ud;
   agent_dp_conn_gone(a->dp, conn);
+  linger_gone(a, conn);
   if (conn != a->conn) return;
   a->conn = NULL;
   a->ctrl = -1;
@@ -635,6 +740,73 @@ static void on_hup(struct ev_loop *loop, ev_signal *w, int revents) {
   atun_log_set_level(log_level_of(a->cfg.log_level));
   atun_log(ATUN_LOG_INFO, "agent", "reloaded", "path=%s", a->config_path);
   service(a);
+}
+
+/* --- the status file --------------------------------------------------------------------- */
+
+/* Validity of cert_file as read at start, until renewal knows better. */
+static agent_renew cert_view;
+
+static void status_info(agent *a, agent_status_info *info, const char *state) {
+  memset(info, 0, sizeof(*info));
+  info->state = state != NULL ? state
+                              : atun_session_agent_state_name(
+                                    atun_session_agent_get_state(a->session));
+  info->cfg = &a->cfg;
+  info->routes = &a->routes;
+  info->epoch = atun_session_agent_get_epoch(a->session);
+  info->streams = agent_dp_count(a->dp);
+  info->attempt = a->attempt;
+  info->connected_at = a->connected_at;
+  const agent_renew *c = renewal.known ? &renewal : &cert_view;
+  info->cert_not_after = c->known ? c->not_after : 0;
+}
+
+/* |state| NULL: the session's. */
+static void status_write(agent *a, const char *state) {
+  agent_status_info info;
+  status_info(a, &info, state);
+  int rv = agent_status_write(&info, agent_renew_wall_now());
+  a->status_written = now(a);
+  if (rv != 0 && !a->status_failing)
+    atun_log(ATUN_LOG_WARN, "agent", "status_write_failed", "error=%s detail=%s",
+             atun_strerror(rv), agent_file_error(rv));
+  a->status_failing = rv != 0;
+}
+
+/* Folds the values whose change should reach the file within a tick. */
+static uint64_t status_sig(agent *a) {
+  uint64_t h = (uint64_t)atun_session_agent_get_state(a->session);
+  h = h * 1000003u ^ atun_session_agent_get_epoch(a->session);
+  h = h * 1000003u ^ agent_dp_count(a->dp);
+  h = h * 1000003u ^ a->attempt;
+  return h * 1000003u ^ a->connected_at;
+}
+
+static void on_status_timer(struct ev_loop *loop, ev_timer *w, int revents) {
+  agent *a = w->data;
+  (void)loop, (void)revents;
+  uint64_t sig = status_sig(a);
+  if (sig == a->status_sig &&
+      now(a) - a->status_written < (atun_tstamp)AGENT_STATUS_REFRESH_S * ATUN_NS_PER_S)
+    return;
+  a->status_sig = sig;
+  status_write(a, NULL);
+}
+
+static void status_start(agent *a) {
+  agent_renew_init(&cert_view);
+  if (agent_renew_load(&cert_view, a->cfg.cert_file) != 0) cert_view.known = 0;
+  ev_timer_init(&a->status_timer, on_status_timer, STATUS_TICK_S, STATUS_TICK_S);
+  a->status_timer.data = a;
+  ev_timer_start(a->loop, &a->status_timer);
+  a->status_sig = status_sig(a);
+  status_write(a, NULL);
+}
+
+static void status_stop(agent *a) {
+  ev_timer_stop(a->loop, &a->status_timer);
+  status_write(a, "stopped");
 }
 
 /* --- start-up ---------------------------------------------------------------------------- */
@@ -763,6 +935,8 @@ static int load(agent *a) {
 static void start_watchers(agent *a) {
   ev_timer_init(&a->timer, on_timer, 0., 0.);
   ev_timer_init(&a->stop_timer, on_stop_timer, 0., 0.);
+  ev_timer_init(&a->linger_timer, on_linger_timer, 0., 0.);
+  a->linger_timer.data = a;
   ev_signal_init(&a->sig_hup, on_hup, SIGHUP);
   ev_signal_init(&a->sig_term, on_term, SIGTERM);
   ev_signal_init(&a->sig_int, on_term, SIGINT);
@@ -776,6 +950,7 @@ static void start_watchers(agent *a) {
 static void stop_watchers(agent *a) {
   ev_timer_stop(a->loop, &a->timer);
   ev_timer_stop(a->loop, &a->stop_timer);
+  ev_timer_stop(a->loop, &a->linger_timer);
   ev_signal_stop(a->loop, &a->sig_hup);
   ev_signal_stop(a->loop, &a->sig_term);
   ev_signal_stop(a->loop, &a->sig_int);
@@ -806,19 +981,23 @@ static int start(agent *a) {
     return AGENT_EXIT_FAILURE;
   }
   start_watchers(a);
+  status_start(a);
   service(a);
   ev_run(a->loop, 0);
   stop_watchers(a);
+  status_stop(a);
   return a->exit_code;
 }
 
 static void teardown(agent *a) {
   /* The loop is over: deleting the connection is no news for the session. */
   a->conn = NULL;
+  a->linger = NULL;
   atun_quic_ev_del(a->ep); /* aborts the data plane's pipes first */
   agent_dp_del(a->dp);
   atun_session_agent_del(a->session);
   atun_quic_tls_del(a->tls);
+  agent_routes_free(&a->routes);
   atun_config_agent_free(&a->cfg);
 }
 
@@ -853,6 +1032,8 @@ int agent_run_main(int argc, char **argv) {
   if (a == NULL) return AGENT_EXIT_FAILURE;
   a->ctrl = -1;
   a->backoff_logged = ATUN_TSTAMP_MAX;
+  a->connected_at = ATUN_TSTAMP_MAX;
+  agent_status_capture();
   int rv = parse_args(a, argc, argv);
   if (rv == 1) {
     fputs(usage_text, stdout);

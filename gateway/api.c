@@ -133,7 +133,7 @@ static void add_live(atun_gw *gw, cJSON *o, const uint8_t id[16], int revoked, a
   add_routes(gw, o, id, known && !revoked ? &info : NULL);
 }
 
-static cJSON *agent_json(atun_gw *gw, const atun_agent_record *rec, atun_tstamp mono) {
+cJSON *atun_gw_api_agent_json(atun_gw *gw, const atun_agent_record *rec, atun_tstamp mono) {
   char text[2 * ATUN_CA_SERIAL_MAX + 1];
   uint8_t id[16];
   cJSON *o = cJSON_CreateObject();
@@ -196,7 +196,8 @@ static int h_agents_list(const atun_http_request *req, atun_http_response *resp,
   }
   cJSON *root = cJSON_CreateObject();
   cJSON *arr = cJSON_AddArrayToObject(root, "agents");
-  for (ssize_t i = 0; i < n; ++i) cJSON_AddItemToArray(arr, agent_json(gw, &recs[i], req->ts));
+  for (ssize_t i = 0; i < n; ++i)
+    cJSON_AddItemToArray(arr, atun_gw_api_agent_json(gw, &recs[i], req->ts));
   cJSON_AddNumberToObject(root, "offset", (double)offset);
   cJSON_AddNumberToObject(root, "limit", (double)limit);
   if ((size_t)n == limit) cJSON_AddNumberToObject(root, "next_offset", (double)(offset + limit));
@@ -221,7 +222,7 @@ static int h_agent_get(const atun_http_request *req, atun_http_response *resp, v
   atun_agent_record rec;
   if (authorize(gw, req, resp, ATUN_CONFIG_SCOPE_READ, &who) != 0) return 0;
   if (find_agent(gw, req->id, &rec, resp) != 0) return 0;
-  cJSON *o = agent_json(gw, &rec, req->ts);
+  cJSON *o = atun_gw_api_agent_json(gw, &rec, req->ts);
   return o == NULL ? -1 : atun_http_json_respond(resp, 200, o);
 }
 
@@ -246,7 +247,7 @@ static int h_agent_delete(const atun_http_request *req, atun_http_response *resp
            "agent_id=%s agent_name=%s by=%s connections_closed=%zu", rec.id, rec.name, who,
            closed);
   if (atun_store_agent_get(gw->store, rec.id, &rec) != 0) return fail_store(resp, ATUN_ERR_STORE);
-  cJSON *o = agent_json(gw, &rec, req->ts);
+  cJSON *o = atun_gw_api_agent_json(gw, &rec, req->ts);
   return o == NULL ? -1 : atun_http_json_respond(resp, 200, o);
 }
 

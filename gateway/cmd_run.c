@@ -10,7 +10,10 @@
  *   SIGTERM/INT   stop accepting, Goodbye to every agent, wait for them to
  *                 leave (at most drain_timeout), exit 0; a second signal
  *                 exits at once
- *   SIGHUP        reload the config: log level and admin tokens
+ *   SIGHUP        reload the config: log level, admin tokens, SOCKS5 users
+ *                 and listener, forwards (see on_reload)
+ *   status        every few seconds: status.json in the state directory
+ *                 (cmd_status.c)
  */
 #include <getopt.h>
 #include <signal.h>
@@ -39,8 +42,15 @@ static const char run_usage[] =
     "management API (api_listen), with the CA and store of the config's\n"
     "state_dir.  Logs logfmt lines to stderr.\n"
     "\n"
-    "Signals: SIGTERM or SIGINT drain (Goodbye to every agent, at most\n"
-    "drain_timeout) and exit 0; SIGHUP reloads log_level and admin_tokens.\n"
+    "Signals: SIGTERM or SIGINT drain (no new clients or agents, Goodbye to\n"
+    "every agent, open sessions get at most drain_timeout) and exit 0; a\n"
+    "second one exits at once.  SIGHUP reloads log_level, admin_tokens,\n"
+    "socks5 (users, enabled, listen) and forwards without dropping agents or\n"
+    "sessions: removed listeners stop accepting while their connections go on.\n"
+    "An invalid file is refused whole (config_reload_failed names the key);\n"
+    "other changed keys wait for a restart (config_restart_needed).\n"
+    "\n"
+    "Writes status.json into state_dir every 5 s for `atun-gateway status`.\n"
     "\n"
     "Options:\n"
     "  --config PATH   the gateway config written by `atun-gateway init`\n"
@@ -149,33 +159,120 @@ static void on_stop(struct ev_loop *loop, ev_signal *w, int revents) {
   atun_gw_api_stop(gw);
   atun_gw_dataplane_pause(gw);
   atun_gw_agents_drain(gw);
+  atun_gw_status_write(gw, "draining");
   ev_timer_set(&gw->drain, 0.0, DRAIN_POLL_S);
   ev_timer_again(loop, &gw->drain);
 }
 
-/* Only what can change without a restart is taken from the new file; the
- * rest of it is checked (a broken file is refused whole) and ignored. */
+static int endpoint_differs(const atun_quic_endpoint *a, const atun_quic_endpoint *b) {
+  return a->port != b->port || a->addr.family != b->addr.family ||
+         memcmp(a->addr.bytes, b->addr.bytes, sizeof(a->addr.bytes)) != 0;
+}
+
+static int limits_differ(const atun_config_limits *a, const atun_config_limits *b) {
+  return a->max_agents != b->max_agents || a->max_streams_per_agent != b->max_streams_per_agent ||
+         a->client_max_connections != b->client_max_connections ||
+         a->api_max_connections != b->api_max_connections ||
+         a->api_max_request_bytes != b->api_max_request_bytes ||
+         a->api_header_timeout_ns != b->api_header_timeout_ns ||
+         a->enroll_burst != b->enroll_burst || a->enroll_interval_ns != b->enroll_interval_ns;
+}
+
+static int names_differ(const atun_config_gateway *a, const atun_config_gateway *b) {
+  if (a->server_name_count != b->server_name_count) return 1;
+  for (size_t i = 0; i < a->server_name_count; ++i)
+    if (strcmp(a->server_names[i], b->server_names[i]) != 0) return 1;
+  return 0;
+}
+
+/* Names the keys of |fresh| that differ from the running |cur| and that
+ * only a restart applies, into |out| (comma-separated; "" when none). */
+static void restart_keys(const atun_config_gateway *cur, const atun_config_gateway *fresh,
+                         char *out, size_t cap) {
+  struct {
+    const char *key;
+    int differs;
+  } keys[] = {
+      {"state_dir", strcmp(cur->state_dir, fresh->state_dir) != 0},
+      {"quic_listen", endpoint_differs(&cur->quic_listen, &fresh->quic_listen)},
+      {"api_listen", endpoint_differs(&cur->api_listen, &fresh->api_listen)},
+      {"server_names", names_differ(cur, fresh)},
+      {"heartbeat_interval", cur->heartbeat_interval_ns != fresh->heartbeat_interval_ns},
+      {"offline_missed_heartbeats",
+       cur->offline_missed_heartbeats != fresh->offline_missed_heartbeats},
+      {"drain_timeout", cur->drain_timeout_ns != fresh->drain_timeout_ns},
+      {"limits", limits_differ(&cur->limits, &fresh->limits)},
+  };
+  size_t len = 0;
+  out[0] = '\0';
+  for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); ++i) {
+    if (!keys[i].differs) continue;
+    int n = snprintf(out + len, cap - len, "%s%s", len > 0 ? "," : "", keys[i].key);
+    if (n < 0 || (size_t)n >= cap - len) return;
+    len += (size_t)n;
+  }
+}
+
+#define SWAP(type, a, b) \
+  do {                   \
+    type tmp_ = (a);     \
+    (a) = (b);           \
+    (b) = tmp_;          \
+  } while (0)
+
+/* Moves what a reload changes from |fresh| into |cur|; |fresh| gets the old
+ * lists, for its owner to free. */
+static void take_reloadable(atun_config_gateway *cur, atun_config_gateway *fresh) {
+  SWAP(atun_config_admin_token *, cur->admin_tokens, fresh->admin_tokens);
+  SWAP(size_t, cur->admin_token_count, fresh->admin_token_count);
+  SWAP(atun_config_socks5_user *, cur->socks5_users, fresh->socks5_users);
+  SWAP(size_t, cur->socks5_user_count, fresh->socks5_user_count);
+  SWAP(atun_config_forward *, cur->forwards, fresh->forwards);
+  SWAP(size_t, cur->forward_count, fresh->forward_count);
+  cur->socks5_enabled = fresh->socks5_enabled;
+  cur->socks5_listen = fresh->socks5_listen;
+  cur->log_level = fresh->log_level;
+}
+
+/* What changes without a restart is taken from the new file: log level,
+ * admin tokens, the SOCKS5 users and listener, the forwards.  A broken
+ * file is refused whole and the old config stays.  Agents and sessions
+ * are not touched; client listeners are reconciled by
+ * atun_gw_dataplane_reload().  While draining nothing is taken: a new
+ * listener would accept clients. */
 static void on_reload(struct ev_loop *loop, ev_signal *w, int revents) {
   atun_gw *gw = w->data;
   atun_config_gateway fresh;
   char msg[ATUN_CONFIG_MSG_MAX + ATUN_GW_PATH_MAX];
+  char later[256];
   (void)loop, (void)revents;
   if (atun_gw_config_load(&fresh, gw->config_path, msg, sizeof(msg)) != 0) {
     atun_log(ATUN_LOG_ERROR, "gateway", "config_reload_failed", "error=%s", msg);
     return;
   }
-  atun_config_admin_token *tokens = gw->cfg.admin_tokens;
-  size_t ntokens = gw->cfg.admin_token_count;
-  gw->cfg.admin_tokens = fresh.admin_tokens;
-  gw->cfg.admin_token_count = fresh.admin_token_count;
-  gw->cfg.log_level = fresh.log_level;
-  /* |fresh| now owns the old list and frees it. */
-  fresh.admin_tokens = tokens;
-  fresh.admin_token_count = ntokens;
+  if (gw->draining) {
+    atun_log(ATUN_LOG_WARN, "gateway", "config_reload_ignored", "reason=%s", "draining");
+    atun_config_gateway_free(&fresh);
+    return;
+  }
+  int rv = atun_gw_dataplane_reload(gw, &fresh);
+  if (rv != 0) {
+    atun_log(ATUN_LOG_ERROR, "gateway", "config_reload_failed", "error=%s key=%s",
+             atun_strerror(rv), "socks5.users");
+    atun_config_gateway_free(&fresh);
+    return;
+  }
+  restart_keys(&gw->cfg, &fresh, later, sizeof(later));
+  take_reloadable(&gw->cfg, &fresh);
   atun_config_gateway_free(&fresh);
   atun_log_set_level(log_level_of(gw->cfg.log_level));
-  atun_log(ATUN_LOG_INFO, "gateway", "config_reloaded", "log_level=%s admin_tokens=%zu",
-           atun_config_log_level_name(gw->cfg.log_level), gw->cfg.admin_token_count);
+  if (later[0] != '\0')
+    atun_log(ATUN_LOG_WARN, "gateway", "config_restart_needed", "keys=%s", later);
+  atun_log(ATUN_LOG_INFO, "gateway", "config_reloaded",
+           "log_level=%s admin_tokens=%zu socks5_users=%zu forwards=%zu",
+           atun_config_log_level_name(gw->cfg.log_level), gw->cfg.admin_token_count,
+           gw->cfg.socks5_user_count, gw->cfg.forward_count);
+  atun_gw_status_write(gw, "running");
 }
 
 /* --- start and stop ------------------------------------------------------------------------- */
@@ -217,8 +314,10 @@ static int serve(atun_gw *gw) {
   watchers_start(gw);
   atun_log(ATUN_LOG_INFO, "gateway", "gateway_started", "version=%s state_dir=%s",
            ATUN_GW_VERSION, gw->cfg.state_dir);
+  atun_gw_status_start(gw);
   ev_run(gw->loop, 0);
   watchers_stop(gw);
+  atun_gw_status_stop(gw);
   return ATUN_GW_EXIT_OK;
 }
 
@@ -228,6 +327,7 @@ int atun_gw_cmd_run(int argc, char **argv) {
   int rv = parse_args(argc, argv, &config);
   if (rv != 0) return rv < 0 ? ATUN_GW_EXIT_OK : rv;
   gw.config_path = config;
+  atun_gw_status_capture();
   gw.pki = calloc(1, sizeof(*gw.pki));
   if (gw.pki == NULL) return ATUN_GW_EXIT_RUNTIME;
   rv = atun_gw_state_open(config, &gw.cfg, gw.pki, &gw.store);

@@ -176,6 +176,12 @@ void atun_gw_api_stop(atun_gw *gw);
 /* Frees the API side. */
 void atun_gw_api_free(atun_gw *gw);
 
+/* The agent object of the API (docs/api.md) for store record |rec|, with
+ * live state at monotonic |mono|; also written into the status file.
+ * Returns NULL when out of memory. */
+struct cJSON *atun_gw_api_agent_json(atun_gw *gw, const atun_agent_record *rec,
+                                     atun_tstamp mono);
+
 /* --- renew.c ------------------------------------------------------------------ */
 
 /* Answers an agent's certificate renewal: signs the CSR DER |csr| (|len|

@@ -10,6 +10,7 @@
  *   3  state error: a CA already exists (init without --force), the state
  *      directory is not initialized or unreadable, the store was written by
  *      a newer version
+ *   4  status: the gateway is not running
  */
 #include <stdio.h>
 #include <string.h>
@@ -29,6 +30,8 @@ static const char usage[] =
     "  token create   issue a one-time enrollment token; prints the\n"
     "                 enrollment string for `atun-agent enroll`\n"
     "  run            run the gateway (QUIC listener and HTTPS API)\n"
+    "  status         print what the running gateway reports: agents, routes,\n"
+    "                 sessions, certificate expiry, last errors\n"
     "\n"
     "Options:\n"
     "  -h, --help     show this text (every command has its own --help)\n"
@@ -39,7 +42,8 @@ static const char usage[] =
     "  1  runtime failure (I/O, store, socket, crypto)\n"
     "  2  usage or configuration error\n"
     "  3  state error (CA already exists, state directory not initialized,\n"
-    "     store written by a newer version)\n";
+    "     store written by a newer version)\n"
+    "  4  status: the gateway is not running\n";
 
 int atun_gw_print_version(void) {
   printf("atun-gateway %s\n", ATUN_GW_VERSION);
@@ -60,6 +64,7 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "init") == 0) return atun_gw_cmd_init(argc - 1, argv + 1);
   if (strcmp(cmd, "token") == 0) return atun_gw_cmd_token(argc - 1, argv + 1);
   if (strcmp(cmd, "run") == 0) return atun_gw_cmd_run(argc - 1, argv + 1);
+  if (strcmp(cmd, "status") == 0) return atun_gw_cmd_status(argc - 1, argv + 1);
   fprintf(stderr, "atun-gateway: unknown command \"%s\"\n\n%s", cmd, usage);
   return ATUN_GW_EXIT_USAGE;
 }

@@ -26,19 +26,26 @@ enum { ST_HANDSHAKE, ST_CONNECTING, ST_PIPING };
 
 #define RESULT_NO_AGENT ATUN_GW_CONNECT_NO_AGENT
 
+/* A listener lives on after a reload removed it (|retired|: socket closed)
+ * until the last client it accepted is freed, since clients point here. */
 typedef struct gw_listener {
   atun_tcp_listener tcp;
   atun_gw *gw;
-  const atun_config_forward *fwd; /* NULL: the SOCKS5 listener */
-  int started;
+  struct gw_listener *next;
+  const atun_config_forward *fwd; /* NULL: the SOCKS5 listener, else &fcopy */
+  atun_config_forward fcopy;      /* the config can be swapped by a reload */
+  atun_quic_endpoint listen;      /* as configured (port 0 stays 0) */
+  size_t clients;                 /* accepted here and not yet freed */
+  int retired;
 } gw_listener;
 
 struct atun_gw_dataplane {
   atun_socks5_server *socks;
-  gw_listener *listeners; /* [0] SOCKS5, then one per forward */
-  size_t nlisteners;
+  gw_listener *listeners; /* bound ones, and retired ones still in use */
   atun_gw_client *clients; /* every client; gw->dp_counts.clients of them */
 };
+
+static void listener_unlink(atun_gw_dataplane *dp, gw_listener *lst);
 
 struct atun_gw_client {
   atun_gw *gw;
@@ -118,6 +125,7 @@ static void client_free(atun_gw_client *cl) {
   if (cl->next != NULL) cl->next->prev = cl->prev;
   --cl->gw->dp_counts.clients;
   atun_tcp_listener_release(&cl->lst->tcp);
+  if (--cl->lst->clients == 0 && cl->lst->retired) listener_unlink(dp, cl->lst);
   free(cl);
 }
 
@@ -473,6 +481,7 @@ static int on_accept(atun_tcp_listener *l, int fd, const atun_tcp_endpoint *peer
   if (dp->clients != NULL) dp->clients->prev = cl;
   dp->clients = cl;
   ++gw->dp_counts.clients;
+  ++lst->clients;
   if (lst->fwd != NULL) {
     cl->req.target = lst->fwd->target;
     cl->req.port = lst->fwd->port;
@@ -490,33 +499,91 @@ static int on_accept(atun_tcp_listener *l, int fd, const atun_tcp_endpoint *peer
   return 0;
 }
 
-/* --- lifetime ------------------------------------------------------------------------------- */
+/* --- listeners ------------------------------------------------------------------------------ */
 
-static void listener_start(atun_gw *gw, gw_listener *lst, const atun_quic_endpoint *at,
-                           const atun_config_forward *fwd) {
+static int endpoint_same(const atun_quic_endpoint *a, const atun_quic_endpoint *b) {
+  return a->port == b->port && a->addr.family == b->addr.family &&
+         memcmp(a->addr.bytes, b->addr.bytes, sizeof(a->addr.bytes)) == 0;
+}
+
+static const char *kind_name(const gw_listener *lst) {
+  return lst->fwd != NULL ? "forward" : "socks5";
+}
+
+static void listener_unlink(atun_gw_dataplane *dp, gw_listener *lst) {
+  gw_listener **pp = &dp->listeners;
+  while (*pp != lst) pp = &(*pp)->next;
+  *pp = lst->next;
+  free(lst);
+}
+
+/* Binds |at| for a forward (|fwd|, copied) or the SOCKS5 listener (NULL).
+ * A bind failure is logged (client_listen_failed) and leaves nothing
+ * behind.  Returns 0, ATUN_ERR_NOMEM or what atun_tcp_listener_init
+ * returns. */
+static int listener_add(atun_gw *gw, const atun_quic_endpoint *at,
+                        const atun_config_forward *fwd) {
+  gw_listener *lst = calloc(1, sizeof(*lst));
+  if (lst == NULL) return ATUN_ERR_NOMEM;
+  lst->gw = gw;
+  lst->listen = *at;
+  if (fwd != NULL) {
+    lst->fcopy = *fwd;
+    lst->fwd = &lst->fcopy;
+  }
   atun_tcp_listener_settings ts;
   atun_tcp_listener_settings_default(&ts);
   ts.conns_max = gw->cfg.limits.client_max_connections;
   atun_tcp_endpoint ep = {.addr = at->addr, .port = at->port};
-  lst->gw = gw;
-  lst->fwd = fwd;
   char addr[ATUN_ADDR_STRLEN];
   atun_addr_format(addr, &at->addr);
   int rv = atun_tcp_listener_init(&lst->tcp, gw->loop, &ep, &ts, on_accept, lst);
   if (rv != 0) {
     atun_log(ATUN_LOG_ERROR, "gateway", "client_listen_failed", "kind=%s address=%s port=%u "
-             "error=%s", fwd != NULL ? "forward" : "socks5", addr, (unsigned)at->port,
-             atun_strerror(rv));
-    return;
+             "error=%s", kind_name(lst), addr, (unsigned)at->port, atun_strerror(rv));
+    free(lst);
+    return rv;
   }
-  lst->started = 1;
+  gw_listener **tail = &gw->dp->listeners; /* config order, for the status */
+  while (*tail != NULL) tail = &(*tail)->next;
+  *tail = lst;
   atun_log(ATUN_LOG_INFO, "gateway", "client_listening", "kind=%s address=%s port=%u",
-           fwd != NULL ? "forward" : "socks5", addr,
-           (unsigned)atun_tcp_listener_local(&lst->tcp)->port);
+           kind_name(lst), addr, (unsigned)atun_tcp_listener_local(&lst->tcp)->port);
+  return 0;
 }
 
-static int socks_server_new(atun_gw *gw) {
-  const atun_config_gateway *cfg = &gw->cfg;
+/* Closes the socket of |lst|; the clients it accepted go on, and the last
+ * of them frees it (client_free). */
+static void listener_retire(atun_gw_dataplane *dp, gw_listener *lst) {
+  char addr[ATUN_ADDR_STRLEN];
+  atun_addr_format(addr, &lst->listen.addr);
+  atun_log(ATUN_LOG_INFO, "gateway", "client_listener_closed", "kind=%s address=%s port=%u "
+           "clients=%zu", kind_name(lst), addr, (unsigned)lst->listen.port, lst->clients);
+  atun_tcp_listener_free(&lst->tcp);
+  lst->retired = 1;
+  if (lst->clients == 0) listener_unlink(dp, lst);
+}
+
+/* The live listener of kind |forward| on configured endpoint |at|, or NULL. */
+static gw_listener *listener_find(atun_gw_dataplane *dp, const atun_quic_endpoint *at,
+                                  int forward) {
+  for (gw_listener *lst = dp->listeners; lst != NULL; lst = lst->next)
+    if (!lst->retired && (lst->fwd != NULL) == forward && endpoint_same(&lst->listen, at))
+      return lst;
+  return NULL;
+}
+
+static const atun_config_forward *forward_at(const atun_config_gateway *cfg,
+                                             const atun_quic_endpoint *at) {
+  for (size_t i = 0; i < cfg->forward_count; ++i)
+    if (endpoint_same(&cfg->forwards[i].listen, at)) return &cfg->forwards[i];
+  return NULL;
+}
+
+/* --- lifetime ------------------------------------------------------------------------------- */
+
+/* The SOCKS5 machine for the users of |cfg|: the server copies them. */
+static int socks_server_new(const atun_config_gateway *cfg, atun_socks5_server **out) {
   atun_socks5_user *users = calloc(cfg->socks5_user_count + 1, sizeof(*users));
   if (users == NULL) return ATUN_ERR_NOMEM;
   for (size_t i = 0; i < cfg->socks5_user_count; ++i) {
@@ -525,35 +592,78 @@ static int socks_server_new(atun_gw *gw) {
     users[i].pass = cfg->socks5_users[i].password;
     users[i].passlen = strlen(cfg->socks5_users[i].password);
   }
-  int rv = atun_socks5_server_new(&gw->dp->socks, NULL, users, cfg->socks5_user_count,
-                                  atun_mem_default());
+  int rv = atun_socks5_server_new(out, NULL, users, cfg->socks5_user_count, atun_mem_default());
   free(users);
   return rv;
 }
 
+/* Binds what |cfg| asks for and no listener has yet.  A client port already
+ * taken (two gateways on one host with the default 127.0.0.1:1080) is
+ * logged and skipped: agents, the API and the other listeners keep working,
+ * which is what an operator needs to fix it. */
+static int listeners_open(atun_gw *gw, const atun_config_gateway *cfg) {
+  int rv = 0;
+  if (cfg->socks5_enabled && listener_find(gw->dp, &cfg->socks5_listen, 0) == NULL)
+    rv = listener_add(gw, &cfg->socks5_listen, NULL);
+  for (size_t i = 0; i < cfg->forward_count && rv != ATUN_ERR_NOMEM; ++i)
+    if (listener_find(gw->dp, &cfg->forwards[i].listen, 1) == NULL)
+      rv = listener_add(gw, &cfg->forwards[i].listen, &cfg->forwards[i]);
+  return rv == ATUN_ERR_NOMEM ? rv : 0;
+}
+
 int atun_gw_dataplane_start(atun_gw *gw) {
-  const atun_config_gateway *cfg = &gw->cfg;
   gw->dp = calloc(1, sizeof(*gw->dp));
   if (gw->dp == NULL) return ATUN_ERR_NOMEM;
+  int rv = socks_server_new(&gw->cfg, &gw->dp->socks);
+  return rv != 0 ? rv : listeners_open(gw, &gw->cfg);
+}
+
+/* A listener whose configured address stays keeps its socket (a forward
+ * takes the new target for its next clients); the others close before the
+ * new ones bind, so an address may move from one listener to another. */
+int atun_gw_dataplane_reload(atun_gw *gw, const atun_config_gateway *cfg) {
   atun_gw_dataplane *dp = gw->dp;
-  dp->listeners = calloc(cfg->forward_count + 1, sizeof(*dp->listeners));
-  if (dp->listeners == NULL) return ATUN_ERR_NOMEM;
-  dp->nlisteners = cfg->forward_count + 1;
-  int rv = socks_server_new(gw);
+  atun_socks5_server *socks;
+  int rv = socks_server_new(cfg, &socks);
   if (rv != 0) return rv;
-  /* A client port already taken (two gateways on one host with the default
-   * 127.0.0.1:1080) is logged and skipped: agents, the API and the other
-   * listeners keep working, which is what an operator needs to fix it. */
-  if (cfg->socks5_enabled) listener_start(gw, &dp->listeners[0], &cfg->socks5_listen, NULL);
-  for (size_t i = 0; i < cfg->forward_count; ++i)
-    listener_start(gw, &dp->listeners[i + 1], &cfg->forwards[i].listen, &cfg->forwards[i]);
-  return 0;
+  /* A handshake under way goes on against the new users. */
+  atun_socks5_server_del(dp->socks);
+  dp->socks = socks;
+  gw_listener *next;
+  for (gw_listener *lst = dp->listeners; lst != NULL; lst = next) {
+    next = lst->next;
+    if (lst->retired) continue;
+    const atun_config_forward *f = lst->fwd != NULL ? forward_at(cfg, &lst->listen) : NULL;
+    if (f != NULL) lst->fcopy = *f;
+    else if (lst->fwd != NULL || !cfg->socks5_enabled ||
+             !endpoint_same(&lst->listen, &cfg->socks5_listen))
+      listener_retire(dp, lst);
+  }
+  return listeners_open(gw, cfg);
 }
 
 void atun_gw_dataplane_pause(atun_gw *gw) {
   if (gw->dp == NULL) return;
-  for (size_t i = 0; i < gw->dp->nlisteners; ++i)
-    if (gw->dp->listeners[i].started) atun_tcp_listener_set_paused(&gw->dp->listeners[i].tcp, 1);
+  gw_listener *next;
+  for (gw_listener *lst = gw->dp->listeners; lst != NULL; lst = next) {
+    next = lst->next;
+    if (!lst->retired) listener_retire(gw->dp, lst);
+  }
+}
+
+size_t atun_gw_dataplane_listeners(const atun_gw *gw, atun_gw_listener_info *out, size_t max) {
+  size_t n = 0;
+  for (const gw_listener *lst = gw->dp != NULL ? gw->dp->listeners : NULL; lst != NULL;
+       lst = lst->next) {
+    if (lst->retired) continue;
+    if (n < max) {
+      out[n].fwd = lst->fwd;
+      out[n].listen = *atun_tcp_listener_local(&lst->tcp);
+      out[n].clients = lst->clients;
+    }
+    ++n;
+  }
+  return n;
 }
 
 void atun_gw_dataplane_stop(atun_gw *gw) {
@@ -565,9 +675,11 @@ void atun_gw_dataplane_stop(atun_gw *gw) {
       atun_quic_stream_set_user_data(cl->link.conn, cl->sid, NULL);
     client_free(cl);
   }
-  for (size_t i = 0; dp->listeners != NULL && i < dp->nlisteners; ++i)
-    if (dp->listeners[i].started) atun_tcp_listener_free(&dp->listeners[i].tcp);
-  free(dp->listeners);
+  while (dp->listeners != NULL) {
+    gw_listener *lst = dp->listeners;
+    atun_tcp_listener_free(&lst->tcp);
+    listener_unlink(dp, lst);
+  }
   atun_socks5_server_del(dp->socks);
   free(dp);
   gw->dp = NULL;

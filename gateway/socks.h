@@ -18,6 +18,7 @@
 #define ATUN_GW_SOCKS_H
 
 #include "gw.h"
+#include "tcp.h"
 
 /* Candidates tried per client connection. */
 #define ATUN_GW_CANDIDATES_MAX 8
@@ -33,10 +34,33 @@
  * 0 or ATUN_ERR_NOMEM / what atun_socks5_server_new returns. */
 int atun_gw_dataplane_start(atun_gw *gw);
 
+/* SIGHUP: takes the SOCKS5 users, the SOCKS5 listener and the forwards of
+ * |cfg|, which the listeners copy (|cfg| need not outlive the call).  A
+ * listener on an address |cfg| still names keeps its socket; one |cfg| no
+ * longer names stops accepting while its clients go on; a new one that can
+ * not bind is logged (client_listen_failed) and skipped, as is one that
+ * failed before (it is tried again).  Not while draining: new listeners
+ * would accept.  Returns 0 or ATUN_ERR_NOMEM / what atun_socks5_server_new
+ * returns; on an error from the users nothing changed. */
+int atun_gw_dataplane_reload(atun_gw *gw, const atun_config_gateway *cfg);
+
+/* One client listener, for the status file. */
+typedef struct atun_gw_listener_info {
+  const atun_config_forward *fwd; /* NULL: SOCKS5; valid until a reload */
+  atun_tcp_endpoint listen;       /* bound address and port */
+  size_t clients;                 /* connections accepted and still open */
+} atun_gw_listener_info;
+
+/* Fills |out| with up to |max| listeners that accept now.  Returns how many
+ * there are (may exceed |max|). */
+size_t atun_gw_dataplane_listeners(const atun_gw *gw, atun_gw_listener_info *out, size_t max);
+
 /* Closes every listener and client connection (NULL parts allowed). */
 void atun_gw_dataplane_stop(atun_gw *gw);
 
-/* Stops accepting clients (drain); clients already there go on. */
+/* Stops accepting clients (drain): the listening sockets close, so a new
+ * client is refused at once rather than left in the kernel's backlog;
+ * clients already there go on. */
 void atun_gw_dataplane_pause(atun_gw *gw);
 
 /* Stream events of a session stream, from agents.c. */
