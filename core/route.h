@@ -14,8 +14,15 @@
  * Neither walk visits routes that can not match: a lookup costs the trie
  * depth (at most 33 nodes, about log16 of the routes in practice) or the
  * label count of the name, plus the agents advertising a matching route.
+ * An IPv4 lookup starts from a direct index instead of the trie's root: it
+ * finds the nodes for /0 to /15 and the first node at or below /16 in one
+ * step each, all at once, rather than one after the other.
  * Memory: about 500 bytes per subnet and 150 per domain at 100,000 routes
- * (bench/bench_route prints it); at most max_routes routes.
+ * (bench/bench_route prints it), plus 546 KiB for the IPv4 index (69,904
+ * pointers) while the table holds any IPv4 route; at most max_routes
+ * routes.  An update keeps the index current at a constant cost per node it
+ * adds or removes, so it still costs in proportion to the changed agent's
+ * routes.
  *
  * Agents are named by a |uint32_t| handle below |max_agents| (the registry's
  * slot index).  The table keeps no liveness state: health and eligibility
@@ -176,7 +183,8 @@ int atun_route_table_remove(atun_route_table *table, uint32_t agent);
  *   - an agent appears once, at its most specific route; agents for which
  *     |health_cb| reports !eligible are left out.
  * When |out| fills, the list is cut: it holds the |cap| best candidates and
- * the rest are dropped (the return value is then |cap|).
+ * the rest are dropped (the return value is then |cap|).  Entries of |out|
+ * past the returned count are scratch: their content is unspecified.
  *
  * Returns the number of candidates (0 = no route), or
  * ATUN_ERR_INVALID_ARGUMENT (|cap| 0, bad |target| kind) or

@@ -1020,3 +1020,242 @@ Test(route_random, larger_table_against_reference) {
   }
   atun_route_table_del(t);
 }
+
+/* --- the IPv4 index ------------------------------------------------------- */
+
+/* The index holds the nodes at /4, /8 and /12 and, per /16, the first node
+ * at or below /16.  These tests put routes on both sides of those lines
+ * (and on them) and check every one of their edges against the model. */
+
+static atun_prefix v4_prefix(uint32_t v, unsigned len) {
+  atun_prefix p;
+  memset(&p, 0, sizeof(p));
+  p.addr.family = ATUN_AF_INET;
+  if (len < 32) v &= len == 0 ? 0 : ~(uint32_t)0 << (32 - len);
+  for (int b = 0; b < 4; ++b)
+    p.addr.bytes[b] = (uint8_t)(v >> (24 - 8 * b));
+  p.len = (uint8_t)len;
+  return p;
+}
+
+static uint32_t v4_value(const atun_addr *a) {
+  return (uint32_t)a->bytes[0] << 24 | (uint32_t)a->bytes[1] << 16 |
+         (uint32_t)a->bytes[2] << 8 | a->bytes[3];
+}
+
+/* Bases whose keys share their top 12, 15, 16 or 17 bits, plus the two ends
+ * of the address space, so that nodes split at, above and below /16. */
+static atun_prefix rand_edge_prefix(atun_testrng *r) {
+  static const uint32_t bases[] = {
+      0x0a000000, 0x0a010000, 0x0a00ffff, 0x0a008000, 0x0a0f0000,
+      0x0a100000, 0x0a000100, 0x00000000, 0xffffffff, 0x0affff80};
+  static const uint8_t lens[] = {0,  1,  4,  7,  8,  11, 12, 14, 15,
+                                 16, 17, 19, 20, 23, 24, 28, 31, 32};
+  uint32_t v = bases[atun_testrng_below(r, sizeof(bases) / sizeof(bases[0]))];
+  if (atun_testrng_below(r, 3) == 0)
+    v ^= (uint32_t)1 << atun_testrng_below(r, 32);
+  return v4_prefix(v, lens[atun_testrng_below(r, sizeof(lens))]);
+}
+
+/* A lookup at the first and last address of |p| and just outside both. */
+static void check_v4_edges_of(const atun_route_table *t, const model *m,
+                              const atun_prefix *p) {
+  uint32_t first = v4_value(&p->addr);
+  uint32_t host = p->len == 0 ? ~(uint32_t)0 : ~(~(uint32_t)0 << (32 - p->len));
+  uint32_t last = first | host;
+  uint32_t at[] = {first, last, first - 1, last + 1}; /* wraps at the ends */
+  for (size_t i = 0; i < 4; ++i) {
+    atun_route_target tg = {ATUN_ROUTE_TARGET_ADDR, v4_prefix(at[i], 32).addr,
+                            NULL, 0};
+    check_lookup(t, m, &tg, NAGENTS);
+  }
+}
+
+static void check_v4_edges(const atun_route_table *t, const model *m) {
+  for (uint32_t a = 0; a < NAGENTS; ++a)
+    for (size_t i = 0; i < m->np[a]; ++i)
+      check_v4_edges_of(t, m, &m->p[a][i]);
+}
+
+static void rand_edge_advert(atun_testrng *r, advert *ad, size_t maxp) {
+  memset(ad, 0, sizeof(*ad));
+  ad->np = atun_testrng_below(r, maxp + 1);
+  for (size_t i = 0; i < ad->np; ++i)
+    ad->p[i] = rand_edge_prefix(r);
+}
+
+Test(route_v4_index, fixed_lengths_around_the_direct_level) {
+  atun_route_table *t = table_new(atun_mem_default());
+  health_all_equal(NAGENTS);
+  const char *routes[] = {"0.0.0.0/0",   "10.0.0.0/8",    "10.0.0.0/15",
+                          "10.0.0.0/16", "10.0.128.0/17", "10.0.128.7/32",
+                          "10.1.0.0/16", "10.1.2.0/24",   "255.255.255.255/32",
+                          "0.0.0.0/32"};
+  for (uint32_t a = 0; a < 10; ++a) {
+    atun_prefix p = P(routes[a]);
+    cr_assert_eq(atun_route_table_replace(t, a, &p, 1, NULL, 0), 0);
+  }
+  atun_route_candidate c[NAGENTS];
+  cr_assert_eq(look(t, "10.0.128.7", c, NAGENTS), 6);
+  const char *want[] = {"10.0.128.7/32", "10.0.128.0/17", "10.0.0.0/16",
+                        "10.0.0.0/15",   "10.0.0.0/8",    "0.0.0.0/0"};
+  uint32_t agents[] = {5, 4, 3, 2, 1, 0};
+  for (size_t i = 0; i < 6; ++i)
+    expect_prefix(&c[i], agents[i], want[i]);
+  cr_assert_eq(look(t, "10.0.127.255", c, NAGENTS), 4, "below the /17");
+  expect_prefix(&c[0], 3, "10.0.0.0/16");
+  cr_assert_eq(look(t, "10.1.2.255", c, NAGENTS), 5, "/15 spans two /16s");
+  expect_prefix(&c[0], 7, "10.1.2.0/24");
+  expect_prefix(&c[1], 6, "10.1.0.0/16");
+  expect_prefix(&c[2], 2, "10.0.0.0/15");
+  cr_assert_eq(look(t, "10.2.0.0", c, NAGENTS), 2);
+  expect_prefix(&c[0], 1, "10.0.0.0/8");
+  cr_assert_eq(look(t, "255.255.255.255", c, NAGENTS), 2, "last /16 entry");
+  expect_prefix(&c[0], 8, "255.255.255.255/32");
+  cr_assert_eq(look(t, "0.0.0.0", c, NAGENTS), 2, "first /16 entry");
+  expect_prefix(&c[0], 9, "0.0.0.0/32");
+  cr_assert_eq(look(t, "0.0.0.1", c, NAGENTS), 1);
+  expect_prefix(&c[0], 0, "0.0.0.0/0");
+  /* Dropping the /16 and /15 in the middle leaves the /17 reachable. */
+  cr_assert_eq(atun_route_table_remove(t, 3), 0);
+  cr_assert_eq(atun_route_table_remove(t, 2), 0);
+  cr_assert_eq(look(t, "10.0.200.1", c, NAGENTS), 3);
+  expect_prefix(&c[0], 4, "10.0.128.0/17");
+  expect_prefix(&c[1], 1, "10.0.0.0/8");
+  atun_route_table_del(t);
+}
+
+/* Adding and then removing an agent's routes returns the table to the same
+ * blocks, whether its nodes land above, on or below /16 or split an edge
+ * that crosses it.  (Lists it shared keep the room they grew, as after a
+ * failed replace, so only an empty table is back to the same bytes.) */
+Test(route_v4_index, removal_restores_the_previous_state) {
+  static model m;
+  atun_testrng r;
+  atun_testrng_seed(&r, 21);
+  atun_failmem fm;
+  atun_failmem_init(&fm, -1);
+  atun_route_table *t = table_new(&fm.mem);
+  memset(&m, 0, sizeof(m));
+  long live0 = fm.live;
+  size_t bytes0 = fm.live_bytes;
+  rand_health(&r);
+  for (int round = 0; round < 300; ++round) {
+    uint32_t base = (uint32_t)atun_testrng_below(&r, NAGENTS - 1);
+    advert ad;
+    rand_edge_advert(&r, &ad, 8);
+    cr_assert_eq(atun_route_table_replace(t, base, ad.p, ad.np, NULL, 0), 0);
+    model_replace(&m, base, ad.p, ad.np, NULL, 0);
+    /* The last agent comes and goes. */
+    uint32_t extra = NAGENTS - 1;
+    long live = fm.live;
+    rand_edge_advert(&r, &ad, 6);
+    cr_assert_eq(atun_route_table_replace(t, extra, ad.p, ad.np, NULL, 0), 0);
+    model_replace(&m, extra, ad.p, ad.np, NULL, 0);
+    check_v4_edges(t, &m);
+    cr_assert_eq(atun_route_table_remove(t, extra), 0);
+    model_replace(&m, extra, NULL, 0, NULL, 0);
+    cr_assert_eq(fm.live, live, "round %d: %ld blocks left", round,
+                 fm.live - live);
+    /* Where the removed routes were, lookups see only what is left. */
+    for (size_t i = 0; i < ad.np; ++i)
+      check_v4_edges_of(t, &m, &ad.p[i]);
+    check_v4_edges(t, &m);
+  }
+  for (uint32_t a = 0; a < NAGENTS; ++a)
+    cr_assert_eq(atun_route_table_remove(t, a), 0);
+  cr_expect_eq(fm.live, live0, "an empty table is back to its first blocks");
+  cr_expect_eq(fm.live_bytes, bytes0);
+  atun_route_table_del(t);
+  cr_assert_eq(fm.live, 0);
+}
+
+Test(route_v4_index, failed_allocation_at_every_index_changes_nothing) {
+  static model m;
+  atun_testrng r;
+  atun_testrng_seed(&r, 33);
+  atun_failmem fm;
+  atun_failmem_init(&fm, -1);
+  atun_route_table *t = table_new(&fm.mem);
+  memset(&m, 0, sizeof(m));
+  rand_health(&r);
+  long failures = 0;
+  for (int trial = 0; trial < 60; ++trial) {
+    uint32_t a = (uint32_t)atun_testrng_below(&r, NAGENTS);
+    advert ad;
+    rand_edge_advert(&r, &ad, 16);
+    long live = fm.live;
+    int rv = ATUN_ERR_NOMEM;
+    for (long k = 0; rv != 0; ++k) {
+      atun_failmem_arm(&fm, k, 0);
+      rv = atun_route_table_replace(t, a, ad.p, ad.np, NULL, 0);
+      atun_failmem_arm(&fm, -1, 0);
+      if (rv == 0) break;
+      ++failures;
+      cr_assert_eq(rv, ATUN_ERR_NOMEM);
+      cr_assert_eq(fm.live, live, "trial %d k %ld: %ld blocks leaked", trial, k,
+                   fm.live - live);
+      check_agent_routes(t, &m, a);
+      check_v4_edges(t, &m);
+      for (size_t i = 0; i < ad.np; ++i)
+        check_v4_edges_of(t, &m, &ad.p[i]);
+    }
+    model_replace(&m, a, ad.p, ad.np, NULL, 0);
+    check_v4_edges(t, &m);
+  }
+  cr_expect_gt(failures, 200, "only %ld failed updates", failures);
+  atun_route_table_del(t);
+  cr_assert_eq(fm.live, 0);
+}
+
+/* The index is allocated with the first IPv4 route and freed with the last,
+ * including when the replace that would have brought it fails. */
+Test(route_v4_index, index_lives_with_the_ipv4_routes) {
+  const size_t index_bytes = 69904 * sizeof(void *);
+  atun_route_settings s;
+  atun_route_settings_default(&s);
+  s.max_routes = 3;
+  atun_failmem fm;
+  atun_failmem_init(&fm, -1);
+  atun_route_table *t = NULL;
+  cr_assert_eq(atun_route_table_new(&t, &s, &fm.mem), 0);
+  health_all_equal(NAGENTS);
+  long live0 = fm.live;
+  size_t bytes0 = fm.live_bytes;
+  cr_expect_lt(bytes0, index_bytes, "an empty table has no index");
+  atun_prefix v6[] = {P("2001:db8::/32")};
+  atun_prefix v4[] = {P("10.0.0.0/8"), P("10.1.0.0/16")};
+  atun_prefix many[] = {P("10.0.0.0/8"), P("10.1.0.0/16"), P("10.2.0.0/16"),
+                        P("10.3.0.0/16")};
+  /* IPv6 alone needs no index. */
+  cr_assert_eq(atun_route_table_replace(t, 0, v6, 1, NULL, 0), 0);
+  cr_expect_lt(fm.live_bytes, bytes0 + index_bytes);
+  long live6 = fm.live;
+  size_t bytes6 = fm.live_bytes;
+  /* Refusals on the first IPv4 routes free the index they allocated. */
+  atun_failmem_arm(&fm, 0, 1);
+  cr_expect_eq(atun_route_table_replace(t, 1, v4, 2, NULL, 0), ATUN_ERR_NOMEM);
+  cr_expect_eq(fm.failures, 1);
+  cr_expect_eq(fm.live, live6);
+  cr_expect_eq(atun_route_table_replace(t, 1, many, 4, NULL, 0), ATUN_ERR_FULL);
+  cr_expect_eq(fm.live, live6);
+  cr_expect_eq(fm.live_bytes, bytes6);
+  atun_route_candidate c[4];
+  cr_expect_eq(look(t, "10.1.0.1", c, 4), 0, "an IPv4 lookup with no index");
+  /* With IPv4 routes it is there. */
+  cr_assert_eq(atun_route_table_replace(t, 1, v4, 2, NULL, 0), 0);
+  cr_expect_geq(fm.live_bytes, bytes6 + index_bytes);
+  cr_expect_eq(look(t, "10.1.0.1", c, 4), 1);
+  expect_prefix(&c[0], 1, "10.1.0.0/16");
+  /* The agent moving to IPv6 only takes the index away. */
+  cr_assert_eq(atun_route_table_replace(t, 1, v6, 1, NULL, 0), 0);
+  cr_expect_lt(fm.live_bytes, bytes6 + index_bytes);
+  cr_expect_eq(look(t, "10.1.0.1", c, 4), 0);
+  cr_expect_eq(look(t, "2001:db8::1", c, 4), 2);
+  cr_assert_eq(atun_route_table_remove(t, 1), 0);
+  cr_assert_eq(atun_route_table_remove(t, 0), 0);
+  cr_expect_eq(fm.live, live0);
+  cr_expect_eq(fm.live_bytes, bytes0);
+  atun_route_table_del(t);
+  cr_assert_eq(fm.live, 0);
+}
