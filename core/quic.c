@@ -674,14 +674,22 @@ static void stream_free(atun_quic_conn *c, qstream *s) {
   atun_mem_free(c->mem, s);
 }
 
-static size_t stream_room(const atun_quic_conn *c, const qstream *s) {
+/* The part of the connection's send buffer atun_quic_stream_writable()
+ * keeps back (see quic.h). */
+static size_t conn_reserve(const atun_quic_conn *c) {
+  size_t r = c->settings.conn_send_buffer_max / 8;
+  return r < ATUN_QUIC_SEND_RESERVE_MAX ? r : ATUN_QUIC_SEND_RESERVE_MAX;
+}
+
+/* Bytes stream |s| may queue, with |reserve| bytes of the connection's
+ * buffer kept back. */
+static size_t stream_room(const atun_quic_conn *c, const qstream *s, size_t reserve) {
   size_t used = (size_t)(s->queued - s->acked);
   size_t room = c->settings.stream_send_buffer_max > used
                     ? c->settings.stream_send_buffer_max - used
                     : 0;
-  size_t croom = c->settings.conn_send_buffer_max > c->tx_buffered
-                     ? c->settings.conn_send_buffer_max - c->tx_buffered
-                     : 0;
+  size_t cmax = c->settings.conn_send_buffer_max - reserve;
+  size_t croom = cmax > c->tx_buffered ? cmax - c->tx_buffered : 0;
   return room < croom ? room : croom;
 }
 
@@ -1903,7 +1911,7 @@ ssize_t atun_quic_stream_write(atun_quic_conn *c, int64_t id, const uint8_t *dat
   if (rv != 0) {
     return rv;
   }
-  size_t room = stream_room(c, s);
+  size_t room = stream_room(c, s, 0);
   if (len > 0 && room == 0) {
     return ATUN_ERR_WOULDBLOCK;
   }
@@ -1926,7 +1934,7 @@ ssize_t atun_quic_stream_writable(const atun_quic_conn *c, int64_t id) {
     return ATUN_ERR_INVALID_ARGUMENT;
   }
   int rv = writable_stream(c, id, &s);
-  return rv != 0 ? rv : (ssize_t)stream_room(c, s);
+  return rv != 0 ? rv : (ssize_t)stream_room(c, s, conn_reserve(c));
 }
 
 int atun_quic_stream_consume(atun_quic_conn *c, int64_t id, size_t n) {

@@ -95,6 +95,9 @@ extern "C" {
 /* "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" */
 #define ATUN_QUIC_AGENT_ID_STRLEN 36
 #define ATUN_QUIC_SHA256_LEN 32
+/* Largest part of the connection send buffer kept for short messages
+ * (atun_quic_stream_writable). */
+#define ATUN_QUIC_SEND_RESERVE_MAX ((size_t)256 << 10)
 /* Stream send data lives in chunks of this size, allocated on demand. */
 #define ATUN_QUIC_CHUNK_SIZE ((size_t)16384)
 /* In the closing period, the CONNECTION_CLOSE is sent again for incoming
@@ -399,8 +402,13 @@ int atun_quic_stream_open(atun_quic_conn *conn, int64_t *stream_id,
 ssize_t atun_quic_stream_write(atun_quic_conn *conn, int64_t stream_id,
                                const uint8_t *data, size_t len, int fin);
 
-/* Bytes atun_quic_stream_write would take now (stream and connection
- * bounds), or ATUN_ERR_NOT_FOUND / ATUN_ERR_STATE. */
+/* Bytes a bulk writer may hand atun_quic_stream_write now (stream and
+ * connection bounds), or ATUN_ERR_NOT_FOUND / ATUN_ERR_STATE.  It keeps
+ * back an eighth of conn_send_buffer_max (at most ATUN_QUIC_SEND_RESERVE_MAX)
+ * that atun_quic_stream_write itself may still use: writers that size
+ * their writes by this call (pipes) can fill the connection's buffer, yet a
+ * short message written without asking (a session header, a control
+ * frame) still finds room. */
 ssize_t atun_quic_stream_writable(const atun_quic_conn *conn, int64_t stream_id);
 
 /* The application is done with |n| received bytes of the stream (its sink

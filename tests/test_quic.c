@@ -1090,9 +1090,34 @@ Test(quic_stream, connection_send_buffer_bound) {
   cr_assert_eq(atun_quic_stream_open(p.c.conn, &a, NULL), 0);
   cr_assert_eq(atun_quic_stream_open(p.c.conn, &b, NULL), 0);
   cr_assert_eq(atun_quic_stream_write(p.c.conn, a, big, sizeof(big), 0), 100000);
-  cr_assert_eq(atun_quic_stream_writable(p.c.conn, b), 50000);
-  cr_assert_eq(atun_quic_stream_write(p.c.conn, b, big, sizeof(big), 0), 50000);
+  /* An eighth of the connection's buffer (18750 bytes) is kept back from
+   * what writable() offers, for short messages written without asking. */
+  cr_assert_eq(atun_quic_stream_writable(p.c.conn, b), 50000 - 18750);
+  cr_assert_eq(atun_quic_stream_write(p.c.conn, b, big, 50000 - 18750, 0), 50000 - 18750);
+  cr_assert_eq(atun_quic_stream_writable(p.c.conn, b), 0);
+  /* A new stream's header still fits, up to the end of the reserve. */
+  int64_t c;
+  cr_assert_eq(atun_quic_stream_open(p.c.conn, &c, NULL), 0);
+  cr_assert_eq(atun_quic_stream_writable(p.c.conn, c), 0);
+  cr_assert_eq(atun_quic_stream_write(p.c.conn, c, big, 100, 0), 100);
+  cr_assert_eq(atun_quic_stream_write(p.c.conn, b, big, sizeof(big), 0), 18750 - 100);
   cr_assert_eq(atun_quic_stream_write(p.c.conn, b, big, 1, 0), ATUN_ERR_WOULDBLOCK);
+  cr_assert_eq(atun_quic_stream_write(p.c.conn, c, big, 1, 0), ATUN_ERR_WOULDBLOCK);
+  pair_free(&p);
+}
+
+/* The reserve is an eighth of the connection buffer, capped. */
+Test(quic_stream, send_reserve_is_capped) {
+  pair p;
+  pair_init(&p);
+  p.cset.stream_send_buffer_max = (size_t)64 << 20;
+  p.cset.conn_send_buffer_max = (size_t)8 << 20; /* an eighth: 1 MiB */
+  pair_start(&p, tls_client(&K.client, NULL, NULL), &K.ca);
+  handshake(&p);
+  int64_t a;
+  cr_assert_eq(atun_quic_stream_open(p.c.conn, &a, NULL), 0);
+  cr_assert_eq(atun_quic_stream_writable(p.c.conn, a),
+               (ssize_t)(((size_t)8 << 20) - ATUN_QUIC_SEND_RESERVE_MAX));
   pair_free(&p);
 }
 
