@@ -539,10 +539,17 @@ static int on_stream_acked(atun_quic_conn *conn, int64_t id, size_t n, void *ud,
                            void *sud) {
   agent *a = ud;
   (void)sud;
+  int ctrl = conn == a->conn && id == a->ctrl;
+  if (ctrl) a->ctrl_unacked -= n <= a->ctrl_unacked ? n : a->ctrl_unacked;
+  /* Control frames first: the pipes would take all the room this ack
+   * freed, and a Heartbeat stuck behind them makes the gateway think us
+   * dead. */
+  if (conn == a->conn && a->session != NULL &&
+      (ctrl || atun_session_agent_pending(a->session) > 0) &&
+      after(a, 0, "control_acked") != 0)
+    return -1;
   agent_dp_on_acked(a->dp, conn);
-  if (conn != a->conn || id != a->ctrl) return 0;
-  a->ctrl_unacked -= n <= a->ctrl_unacked ? n : a->ctrl_unacked;
-  return after(a, 0, "control_acked");
+  return 0;
 }
 
 static int on_stream_closed(atun_quic_conn *conn, int64_t id, int has_error,
