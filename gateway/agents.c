@@ -67,10 +67,11 @@ struct atun_gw_conn {
   atun_tstamp renew_last;
   uint32_t handle;          /* route-table handle while registered */
   atun_gw_streams streams;  /* session streams the gateway opened */
-  int flush_pending;        /* streams were reset outside a callback */
+  int close_pending;        /* the registry reported the agent offline */
 };
 
 static void conn_service(atun_gw_conn *c);
+static void request_close(atun_gw_conn *c, uint64_t app, const char *reason);
 
 static atun_gw *gw_of(atun_quic_conn *conn) {
   return atun_quic_ev_get_user_data(atun_quic_ev_of(conn));
@@ -105,12 +106,14 @@ static int on_registry_offline(const uint8_t *id, uint32_t handle, atun_tstamp l
   atun_log(ATUN_LOG_WARN, "gateway", "agent_offline",
            "agent_id=%s agent_name=%s silent_ms=%llu", text, name,
            (unsigned long long)(atun_registry_offline_timeout(gw->reg) / ATUN_NS_PER_MS));
-  /* The connection may linger until the QUIC idle timeout; its clients
-   * must not hang that long on an agent that stopped answering. */
+  /* Left alone, the connection would linger until the QUIC idle timeout
+   * (30 s) with its clients hanging on an agent that stopped answering.
+   * Closing it resets every client at once, and the agent, if it was only
+   * slow, reconnects as a new generation. */
   for (atun_gw_conn *c = gw->conns; c != NULL; c = c->next) {
     if (c->closed || c->generation == 0 || memcmp(c->id, id, 16) != 0) continue;
-    atun_gw_streams_reset(&c->streams, ATUN_APP_HEARTBEAT_TIMEOUT);
-    c->flush_pending = 1; /* not here: a flush may reenter the registry */
+    request_close(c, ATUN_APP_HEARTBEAT_TIMEOUT, "heartbeat timeout");
+    c->close_pending = 1; /* not here: closing reenters the registry */
     break;
   }
   return 0;
@@ -124,9 +127,9 @@ static void on_registry_timer(struct ev_loop *loop, ev_timer *w, int revents) {
   atun_gw_conn *next;
   for (atun_gw_conn *c = gw->conns; c != NULL; c = next) {
     next = c->next; /* a flush may delete |c| */
-    if (!c->flush_pending) continue;
-    c->flush_pending = 0;
-    atun_quic_ev_flush(c->conn);
+    if (!c->close_pending) continue;
+    c->close_pending = 0;
+    conn_service(c);
   }
 }
 
@@ -504,9 +507,12 @@ static int cb_stream_acked(atun_quic_conn *conn, int64_t sid, size_t n, void *ud
   atun_gw_conn *c = as_conn(ud);
   (void)conn, (void)n, (void)sud;
   if (c == NULL) return 0;
-  /* The send buffer is shared: any ack may give every waiting pipe room. */
+  /* The send buffer is shared: any ack may give every waiting pipe room.
+   * Control frames go first: pipes take all the room an ack frees, and a
+   * heartbeat answer stuck behind them makes the agent give up on us. */
+  if (sid == c->ctrl || (c->session != NULL && atun_session_gw_pending(c->session) > 0))
+    conn_service(c);
   atun_gw_streams_on_writable(&c->streams);
-  if (sid == c->ctrl) conn_service(c);
   return 0;
 }
 

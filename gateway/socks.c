@@ -299,26 +299,6 @@ void atun_gw_streams_conn_gone(atun_gw *gw, atun_gw_streams *streams) {
   }
 }
 
-void atun_gw_streams_reset(atun_gw_streams *streams, uint64_t app_error) {
-  while (streams->head != NULL) {
-    atun_gw_client *cl = streams->head;
-    if (cl->state != ST_PIPING) {
-      next_later(cl, ATUN_CONNECT_UNREACHABLE);
-      continue;
-    }
-    if (cl->sid >= 0) {
-      /* An abort makes no stream call and no flush (a flush here could
-       * delete the connection under this loop): the stream is shut down
-       * here, and the backlog consumed so the connection's credit stays. */
-      atun_pipe_stats st;
-      atun_pipe_get_stats(&cl->pipe, &st);
-      atun_quic_stream_consume(cl->link.conn, cl->sid, st.buffered);
-      atun_quic_stream_shutdown(cl->link.conn, cl->sid, app_error);
-    }
-    client_free(cl);
-  }
-}
-
 /* Opens a stream on candidate |cand| and sends the ConnectRequest.
  * Returns 0 (waiting for the response) or a connect status to go on with. */
 static uint64_t try_candidate(atun_gw_client *cl, const atun_route_candidate *cand) {

@@ -77,10 +77,4 @@ void atun_gw_streams_on_writable(atun_gw_streams *streams);
  * next candidate. */
 void atun_gw_streams_conn_gone(atun_gw *gw, atun_gw_streams *streams);
 
-/* The agent of |streams| went silent (offline) while its connection
- * lingers: every session stream on it is reset with |app_error| and its
- * client socket reset, every client still connecting moves on.  Makes no
- * flush: the caller flushes the connection afterwards. */
-void atun_gw_streams_reset(atun_gw_streams *streams, uint64_t app_error);
-
 #endif /* ATUN_GW_SOCKS_H */

@@ -159,20 +159,23 @@ for i in $(seq 20); do
 done
 for p in "${pids[@]}"; do wait "$p" || fail "a concurrent connection failed"; done
 ok "20 concurrent connections of random sizes, each byte-exact"
-WAIT_S=5 wait_for [ "$(metric atun_gateway_client_connections)" = 0 ] ||
+no_clients() { [ "$(metric atun_gateway_client_connections)" = 0 ]; }
+WAIT_S=5 wait_for no_clients ||
   fail "client connections left: $(metric atun_gateway_client_connections)"
 up=$(metric 'atun_gateway_tunnel_bytes_total{direction="up"}')
 [ "$up" -ge 5000000 ] || fail "bytes up metric $up"
 
 # --- the agent dies mid-transfer: the client connection closes --------------------------------
-# Usually within a few seconds (the agent goes offline after 3 missed 1 s
-# heartbeats and its streams are reset); the bound is the QUIC idle timeout
-# (30 s), the backstop, because the fast path was seen to miss now and then.
+# The gateway resets the client about 3 s after the kill (three missed 1 s
+# heartbeats, then it closes the agent's connection), but curl sees the
+# reset only after reading what its socket already holds, at 500 kB/s; the
+# bound allows for that.
 head -c 100000000 /dev/zero >"$WORK/www/big"
 oks=$(metric 'atun_gateway_client_connects_total{result="ok"}')
 start slow curl -s --max-time 120 --limit-rate 500k --socks5-hostname "127.0.0.1:$SOCKS_PORT" \
   "http://127.0.0.1:$HTTP_PORT/big" -o /dev/null
-WAIT_S=10 wait_for [ "$(metric 'atun_gateway_client_connects_total{result="ok"}')" -gt "$oks" ] ||
+oks_grew() { [ "$(metric 'atun_gateway_client_connects_total{result="ok"}')" -gt "$oks" ]; }
+WAIT_S=10 wait_for oks_grew ||
   fail "slow download did not start"
 sleep 1
 kill -KILL "$PID_a1"

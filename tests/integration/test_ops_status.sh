@@ -104,7 +104,8 @@ ok "gateway status: agent online with routes, cert expiry, listeners; --json par
 cp "$GCFG" "$WORK/good.json"
 echo '{"log_level": "loud"}' >"$GCFG"
 for _ in $(seq 10); do kill -HUP "$PID_gw"; sleep 0.1; done
-WAIT_S=5 wait_for [ "$(grep -c 'event=config_reload_failed' "$WORK/gw.log")" -ge 10 ] ||
+ten_refused() { [ "$(grep -c 'event=config_reload_failed' "$WORK/gw.log")" -ge 10 ]; }
+WAIT_S=5 wait_for ten_refused ||
   fail "10 reloads not refused"
 cp "$WORK/good.json" "$GCFG"
 WAIT_S=8 wait_for sh -c "'$GW' status --config '$GCFG' | grep -Eq 'last warnings and errors \(8 shown, (1[0-9]|[2-9][0-9]) since start\)'" ||
