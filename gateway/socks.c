@@ -68,6 +68,10 @@ struct atun_gw_client {
   atun_frame_reader rd;
   uint8_t early[ATUN_GW_HANDSHAKE_READ_MAX];
   size_t early_len;
+  /* Forwards: what the client sent while CONNECTING, kept to be sent again
+   * to the next candidate; |opt_sent| of it went to the current stream. */
+  uint8_t *opt;
+  size_t opt_len, opt_sent;
   atun_pipe_quic pq;
   atun_pipe pipe;
 };
@@ -120,6 +124,7 @@ static void client_free(atun_gw_client *cl) {
     atun_quic_stream_set_user_data(cl->link.conn, cl->sid, NULL);
   streams_remove(cl);
   atun_frame_reader_free(&cl->rd);
+  free(cl->opt);
   if (cl->prev != NULL) cl->prev->next = cl->next;
   else dp->clients = cl->next;
   if (cl->next != NULL) cl->next->prev = cl->prev;
@@ -196,6 +201,11 @@ static void start_pipe(atun_gw_client *cl, const uint8_t *rest, size_t restlen, 
   atun_pipe_config pc = {.loop = cl->gw->loop, .fd = cl->fd, .ops = &atun_pipe_quic_ops,
                          .stream = &cl->pq, .on_close = on_pipe_close, .user_data = cl,
                          .early = cl->early, .early_len = cl->early_len};
+  if (cl->opt != NULL) { /* a forward: what the stream did not take yet */
+    pc.early = cl->opt + cl->opt_sent;
+    pc.early_len = cl->opt_len - cl->opt_sent;
+    cl->gw->dp_counts.bytes_up += cl->opt_sent;
+  }
   int rv = atun_pipe_start(&cl->pipe, &pc);
   if (rv != 0) {
     atun_quic_stream_consume(cl->link.conn, cl->sid, restlen);
@@ -207,6 +217,8 @@ static void start_pipe(atun_gw_client *cl, const uint8_t *rest, size_t restlen, 
   ++cl->gw->dp_counts.connects[ATUN_CONNECT_OK];
   cl->state = ST_PIPING;
   cl->fd = -1; /* the pipe's now */
+  free(cl->opt); /* the pipe copied the rest */
+  cl->opt = NULL;
   if (restlen > 0 || fin) atun_pipe_on_stream_data(&cl->pipe, rest, restlen, fin);
 }
 
@@ -299,6 +311,43 @@ void atun_gw_streams_conn_gone(atun_gw *gw, atun_gw_streams *streams) {
   }
 }
 
+/* Forwards send what the client says before the agent answered right
+ * behind the ConnectRequest (the agent holds up to ATUN_PIPE_EARLY_MAX
+ * bytes until its target is connected): a client that speaks first saves
+ * a round trip through the tunnel.  What the stream does not take now
+ * becomes the pipe's early data. */
+static void opt_send(atun_gw_client *cl) {
+  if (cl->opt_sent == cl->opt_len || cl->sid < 0) return;
+  ssize_t n = atun_quic_stream_write(cl->link.conn, cl->sid, cl->opt + cl->opt_sent,
+                                     cl->opt_len - cl->opt_sent, 0);
+  if (n > 0) cl->opt_sent += (size_t)n;
+}
+
+/* A forward's client sent bytes while CONNECTING.  Keeps at most
+ * ATUN_PIPE_EARLY_MAX of them, then stops reading; an EOF waits for the
+ * pipe, which reads it again.  May free |cl|; the flush comes last. */
+static void opt_read(atun_gw_client *cl) {
+  if (cl->opt == NULL && (cl->opt = malloc(ATUN_PIPE_EARLY_MAX)) == NULL) {
+    ev_io_stop(cl->gw->loop, &cl->io);
+    return;
+  }
+  ssize_t n = read(cl->fd, cl->opt + cl->opt_len, ATUN_PIPE_EARLY_MAX - cl->opt_len);
+  if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+  if (n < 0) { /* the client reset: so does the stream */
+    atun_quic_conn *conn = cl->sid >= 0 ? cl->link.conn : NULL;
+    if (conn != NULL) atun_quic_stream_shutdown(conn, cl->sid, ATUN_APP_TARGET_RESET);
+    client_free(cl);
+    if (conn != NULL) atun_quic_ev_flush(conn);
+    return;
+  }
+  cl->opt_len += (size_t)n;
+  if (n == 0 || cl->opt_len == ATUN_PIPE_EARLY_MAX) ev_io_stop(cl->gw->loop, &cl->io);
+  if (n > 0 && cl->link.conn != NULL && cl->sid >= 0) {
+    opt_send(cl);
+    atun_quic_ev_flush(cl->link.conn);
+  }
+}
+
 /* Opens a stream on candidate |cand| and sends the ConnectRequest.
  * Returns 0 (waiting for the response) or a connect status to go on with. */
 static uint64_t try_candidate(atun_gw_client *cl, const atun_route_candidate *cand) {
@@ -319,6 +368,8 @@ static uint64_t try_candidate(atun_gw_client *cl, const atun_route_candidate *ca
   }
   cl->link = link;
   cl->sid = sid;
+  cl->opt_sent = 0;
+  opt_send(cl);
   streams_add(cl);
   atun_frame_reader_free(&cl->rd);
   atun_frame_reader_init(&cl->rd, ATUN_SESSION_PAYLOAD_MAX, atun_mem_default());
@@ -368,7 +419,8 @@ static void resolve(atun_gw_client *cl) {
   /* Nobody routes there: host unreachable (socks.h says why not 0x02). */
   cl->last_status = ATUN_CONNECT_DNS_FAILURE;
   cl->state = ST_CONNECTING;
-  ev_io_stop(cl->gw->loop, &cl->io);
+  if (cl->lst->fwd != NULL) ev_io_start(cl->gw->loop, &cl->io); /* opt_read */
+  else ev_io_stop(cl->gw->loop, &cl->io);
   if (atun_ca_sysrand()->fill(cl->req.session_id, sizeof(cl->req.session_id),
                               atun_ca_sysrand()->user_data) != 0) {
     fail(cl, ATUN_CONNECT_INTERNAL, ATUN_CONNECT_INTERNAL);
@@ -406,6 +458,10 @@ static void on_client_io(struct ev_loop *loop, ev_io *w, int revents) {
   atun_gw_client *cl = w->data;
   uint8_t buf[ATUN_GW_HANDSHAKE_READ_MAX];
   (void)loop, (void)revents;
+  if (cl->lst->fwd != NULL) {
+    opt_read(cl);
+    return;
+  }
   ssize_t n = read(cl->fd, buf, sizeof(buf));
   if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
   if (n <= 0) {

@@ -10,7 +10,9 @@ API_PORT=$(free_port)
 QUIC_PORT=$(free_port)
 SOCKS_PORT=$(free_port)
 FWD_PORT=$(free_port)
+FWD2_PORT=$(free_port)
 HTTP_PORT=$(free_port)
+ECHO_PORT=$(free_port)
 D="$WORK/gw"
 CA="$D/ca.crt"
 B="https://127.0.0.1:$API_PORT"
@@ -19,13 +21,15 @@ P="$B/jet/agent-tunnel"
 "$GW" init --state-dir "$D" --hostname localhost --ip 127.0.0.1 \
   --api-listen "127.0.0.1:$API_PORT" --quic-listen "127.0.0.1:$QUIC_PORT" >"$WORK/init.out"
 ADMIN=$(awk '$1 == "admin_token" {print $2}' "$WORK/init.out")
-python3 - "$D/gateway.json" "$SOCKS_PORT" "$FWD_PORT" "$HTTP_PORT" <<'PY'
+python3 - "$D/gateway.json" "$SOCKS_PORT" "$FWD_PORT" "$HTTP_PORT" "$FWD2_PORT" "$ECHO_PORT" <<'PY'
 import json, sys
 cfg = json.load(open(sys.argv[1]))
 cfg["heartbeat_interval"] = "1s"
 cfg["socks5"] = {"enabled": True, "listen": "127.0.0.1:" + sys.argv[2], "users": []}
 cfg["forwards"] = [{"listen": "127.0.0.1:" + sys.argv[3], "target": "127.0.0.1",
-                    "port": int(sys.argv[4])}]
+                    "port": int(sys.argv[4])},
+                   {"listen": "127.0.0.1:" + sys.argv[5], "target": "127.0.0.1",
+                    "port": int(sys.argv[6])}]
 json.dump(cfg, open(sys.argv[1], "w"), indent=2)
 PY
 
@@ -48,6 +52,26 @@ r = b""
 while len(r) < 12: r += s.recv(12 - len(r))
 assert r[:2] == b"\x05\x00" and r[3] == 0, r
 s.sendall(data[1000:])
+s.shutdown(socket.SHUT_WR)
+got = b""
+while True:
+    b = s.recv(65536)
+    if not b: break
+    got += b
+want = b"%d %s" % (len(data), hashlib.sha256(data).hexdigest().encode())
+sys.exit(0 if got == want else 1)
+PY
+}
+# forward_push SIZE : through the second forward, sends SIZE random bytes the
+# moment the connection is up (before the agent can have answered: the
+# gateway sends them behind the ConnectRequest), shuts down its write side
+# and checks the target's "length sha256" answer
+forward_push() {
+  python3 - "$FWD2_PORT" "$1" <<'PY'
+import hashlib, os, socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=30)
+data = os.urandom(int(sys.argv[2]))
+s.sendall(data)
 s.shutdown(socket.SHUT_WR)
 got = b""
 while True:
@@ -103,7 +127,6 @@ json.dump(cfg, open(sys.argv[1], "w"), indent=2)
 PY
 start www python3 -m http.server --bind 127.0.0.1 --directory "$WORK/www" "$HTTP_PORT"
 # A target that reads to EOF, then answers with the length and SHA-256.
-ECHO_PORT=$(free_port)
 cat >"$WORK/sum.py" <<'PY'
 import hashlib, socket, sys, threading
 srv = socket.create_server(("127.0.0.1", int(sys.argv[1])))
@@ -152,6 +175,10 @@ ok "refused port: SOCKS reply 0x05 after $elapsed ms"
 
 # --- half-close, early data, concurrency ---------------------------------------------------------
 half_close "$ECHO_PORT" 5000000 || fail "half-close: answer wrong"
+for n in 1 100 70000 3000000; do
+  forward_push "$n" || fail "forward: $n bytes sent before the answer came back wrong"
+done
+ok "forward: a client that speaks first (1 B, 100 B, 70 kB, 3 MB, then EOF) is carried byte-exact"
 ok "half-close: 5 MB up, write side shut, whole answer read"
 pids=()
 for i in $(seq 20); do
