@@ -47,6 +47,25 @@ struct atun_gw_dataplane {
 
 static void listener_unlink(atun_gw_dataplane *dp, gw_listener *lst);
 
+/* What a client needs only until its pipe runs (about 6 KiB, most of a
+ * connecting client): freed when the pipe starts, so an idle tunnelled
+ * connection costs the gateway the struct below and the pipe's buffers. */
+typedef struct client_setup {
+  uint64_t last_status; /* of the last failed candidate */
+  atun_socks5_conn socks;
+  atun_connect_request req;
+  char pin[ATUN_AGENT_NAME_MAX + 1];
+  atun_route_candidate cands[ATUN_GW_CANDIDATES_MAX];
+  size_t ncands, next_cand;
+  atun_frame_reader rd;
+  uint8_t early[ATUN_GW_HANDSHAKE_READ_MAX];
+  size_t early_len;
+  /* Forwards: what the client sent while CONNECTING, kept to be sent again
+   * to the next candidate; |opt_sent| of it went to the current stream. */
+  uint8_t *opt;
+  size_t opt_len, opt_sent;
+} client_setup;
+
 struct atun_gw_client {
   atun_gw *gw;
   gw_listener *lst;
@@ -56,22 +75,10 @@ struct atun_gw_client {
   int fd;
   ev_io io;
   ev_timer timer;
-  int retry;           /* what the timer means: RETRY_* */
-  uint64_t last_status; /* of the last failed candidate */
-  atun_socks5_conn socks;
-  atun_connect_request req;
-  char pin[ATUN_AGENT_NAME_MAX + 1];
-  atun_route_candidate cands[ATUN_GW_CANDIDATES_MAX];
-  size_t ncands, next_cand;
+  int retry;               /* what the timer means: RETRY_* */
+  client_setup *su;        /* NULL once piping */
   atun_gw_agent_link link; /* conn NULL: no stream */
   int64_t sid;
-  atun_frame_reader rd;
-  uint8_t early[ATUN_GW_HANDSHAKE_READ_MAX];
-  size_t early_len;
-  /* Forwards: what the client sent while CONNECTING, kept to be sent again
-   * to the next candidate; |opt_sent| of it went to the current stream. */
-  uint8_t *opt;
-  size_t opt_len, opt_sent;
   atun_pipe_quic pq;
   atun_pipe pipe;
 };
@@ -107,6 +114,14 @@ static void streams_remove(atun_gw_client *cl) {
   cl->sid = -1;
 }
 
+static void setup_free(atun_gw_client *cl) {
+  if (cl->su == NULL) return;
+  atun_frame_reader_free(&cl->su->rd);
+  free(cl->su->opt);
+  free(cl->su);
+  cl->su = NULL;
+}
+
 static void client_free(atun_gw_client *cl) {
   atun_gw_dataplane *dp = cl->gw->dp;
   ev_io_stop(cl->gw->loop, &cl->io);
@@ -123,8 +138,7 @@ static void client_free(atun_gw_client *cl) {
   if (cl->link.conn != NULL && cl->sid >= 0)
     atun_quic_stream_set_user_data(cl->link.conn, cl->sid, NULL);
   streams_remove(cl);
-  atun_frame_reader_free(&cl->rd);
-  free(cl->opt);
+  setup_free(cl);
   if (cl->prev != NULL) cl->prev->next = cl->next;
   else dp->clients = cl->next;
   if (cl->next != NULL) cl->next->prev = cl->prev;
@@ -147,11 +161,11 @@ static void timer_in(atun_gw_client *cl, uint64_t ns) {
  * fresh connection at once is treated as gone.  Returns 0 or -1. */
 static int socks_flush(atun_gw_client *cl) {
   size_t len;
-  const uint8_t *out = atun_socks5_conn_out(&cl->socks, &len);
+  const uint8_t *out = atun_socks5_conn_out(&cl->su->socks, &len);
   if (len == 0) return 0;
   ssize_t n = write(cl->fd, out, len);
   if (n != (ssize_t)len) return -1;
-  atun_socks5_conn_out_consume(&cl->socks, len);
+  atun_socks5_conn_out_consume(&cl->su->socks, len);
   return 0;
 }
 
@@ -159,17 +173,17 @@ static int socks_flush(atun_gw_client *cl) {
  * Returns 0 or -1 (the reply could not be written). */
 static int reply(atun_gw_client *cl, uint64_t status) {
   if (cl->lst->fwd != NULL) return 0;
-  atun_socks5_conn_reply(&cl->socks, status, NULL, 0);
+  atun_socks5_conn_reply(&cl->su->socks, status, NULL, 0);
   return socks_flush(cl);
 }
 
 static void fail(atun_gw_client *cl, int result, uint64_t status) {
   char target[ATUN_NAME_MAX + 1];
   ++cl->gw->dp_counts.connects[result];
-  if (cl->req.target.kind == ATUN_TARGET_ADDR) atun_addr_format(target, &cl->req.target.addr);
-  else memcpy(target, cl->req.target.host, sizeof(target));
+  if (cl->su->req.target.kind == ATUN_TARGET_ADDR) atun_addr_format(target, &cl->su->req.target.addr);
+  else memcpy(target, cl->su->req.target.host, sizeof(target));
   atun_log(ATUN_LOG_INFO, "gateway", "client_connect_failed", "target=%s port=%u result=%s",
-           target, (unsigned)cl->req.port,
+           target, (unsigned)cl->su->req.port,
            result == RESULT_NO_AGENT ? "no_agent" : atun_connect_status_name(status));
   reply(cl, status);
   client_free(cl);
@@ -200,11 +214,11 @@ static void start_pipe(atun_gw_client *cl, const uint8_t *rest, size_t restlen, 
   cl->pq.stream_id = cl->sid;
   atun_pipe_config pc = {.loop = cl->gw->loop, .fd = cl->fd, .ops = &atun_pipe_quic_ops,
                          .stream = &cl->pq, .on_close = on_pipe_close, .user_data = cl,
-                         .early = cl->early, .early_len = cl->early_len};
-  if (cl->opt != NULL) { /* a forward: what the stream did not take yet */
-    pc.early = cl->opt + cl->opt_sent;
-    pc.early_len = cl->opt_len - cl->opt_sent;
-    cl->gw->dp_counts.bytes_up += cl->opt_sent;
+                         .early = cl->su->early, .early_len = cl->su->early_len};
+  if (cl->su->opt != NULL) { /* a forward: what the stream did not take yet */
+    pc.early = cl->su->opt + cl->su->opt_sent;
+    pc.early_len = cl->su->opt_len - cl->su->opt_sent;
+    cl->gw->dp_counts.bytes_up += cl->su->opt_sent;
   }
   int rv = atun_pipe_start(&cl->pipe, &pc);
   if (rv != 0) {
@@ -217,8 +231,7 @@ static void start_pipe(atun_gw_client *cl, const uint8_t *rest, size_t restlen, 
   ++cl->gw->dp_counts.connects[ATUN_CONNECT_OK];
   cl->state = ST_PIPING;
   cl->fd = -1; /* the pipe's now */
-  free(cl->opt); /* the pipe copied the rest */
-  cl->opt = NULL;
+  setup_free(cl); /* the pipe copied what it needs */
   if (restlen > 0 || fin) atun_pipe_on_stream_data(&cl->pipe, rest, restlen, fin);
 }
 
@@ -232,14 +245,14 @@ static void next_later(atun_gw_client *cl, uint64_t status) {
     atun_quic_stream_shutdown(cl->link.conn, cl->sid, ATUN_APP_CONNECT_FAILED);
   }
   streams_remove(cl);
-  cl->last_status = status;
+  cl->su->last_status = status;
   cl->retry = RETRY_NEXT;
   timer_in(cl, 0);
 }
 
 static void on_response(atun_gw_client *cl, const uint8_t *rest, size_t restlen, int fin) {
   atun_msg msg;
-  int rv = atun_frame_reader_decode(&cl->rd, &msg, atun_mem_default());
+  int rv = atun_frame_reader_decode(&cl->su->rd, &msg, atun_mem_default());
   if (rv != 0 || msg.type != ATUN_FRAME_CONNECT_RESPONSE) {
     if (rv == 0) atun_msg_free(&msg, atun_mem_default());
     next_later(cl, ATUN_CONNECT_INTERNAL);
@@ -251,7 +264,7 @@ static void on_response(atun_gw_client *cl, const uint8_t *rest, size_t restlen,
     start_pipe(cl, rest, restlen, fin);
     return;
   }
-  if (status == ATUN_CONNECT_DENIED) cl->next_cand = cl->ncands; /* policy: final */
+  if (status == ATUN_CONNECT_DENIED) cl->su->next_cand = cl->su->ncands; /* policy: final */
   next_later(cl, status);
 }
 
@@ -261,14 +274,14 @@ void atun_gw_client_on_stream_data(atun_gw_client *cl, const uint8_t *data, size
     atun_pipe_on_stream_data(&cl->pipe, data, len, fin);
     return;
   }
-  ssize_t n = atun_frame_reader_feed(&cl->rd, data, len);
+  ssize_t n = atun_frame_reader_feed(&cl->su->rd, data, len);
   if (n < 0) {
     atun_quic_stream_consume(cl->link.conn, cl->sid, len);
     next_later(cl, ATUN_CONNECT_INTERNAL);
     return;
   }
   atun_quic_stream_consume(cl->link.conn, cl->sid, (size_t)n);
-  if (atun_frame_reader_ready(&cl->rd)) {
+  if (atun_frame_reader_ready(&cl->su->rd)) {
     on_response(cl, data + n, len - (size_t)n, fin);
     return;
   }
@@ -317,21 +330,21 @@ void atun_gw_streams_conn_gone(atun_gw *gw, atun_gw_streams *streams) {
  * a round trip through the tunnel.  What the stream does not take now
  * becomes the pipe's early data. */
 static void opt_send(atun_gw_client *cl) {
-  if (cl->opt_sent == cl->opt_len || cl->sid < 0) return;
-  ssize_t n = atun_quic_stream_write(cl->link.conn, cl->sid, cl->opt + cl->opt_sent,
-                                     cl->opt_len - cl->opt_sent, 0);
-  if (n > 0) cl->opt_sent += (size_t)n;
+  if (cl->su->opt_sent == cl->su->opt_len || cl->sid < 0) return;
+  ssize_t n = atun_quic_stream_write(cl->link.conn, cl->sid, cl->su->opt + cl->su->opt_sent,
+                                     cl->su->opt_len - cl->su->opt_sent, 0);
+  if (n > 0) cl->su->opt_sent += (size_t)n;
 }
 
 /* A forward's client sent bytes while CONNECTING.  Keeps at most
  * ATUN_PIPE_EARLY_MAX of them, then stops reading; an EOF waits for the
  * pipe, which reads it again.  May free |cl|; the flush comes last. */
 static void opt_read(atun_gw_client *cl) {
-  if (cl->opt == NULL && (cl->opt = malloc(ATUN_PIPE_EARLY_MAX)) == NULL) {
+  if (cl->su->opt == NULL && (cl->su->opt = malloc(ATUN_PIPE_EARLY_MAX)) == NULL) {
     ev_io_stop(cl->gw->loop, &cl->io);
     return;
   }
-  ssize_t n = read(cl->fd, cl->opt + cl->opt_len, ATUN_PIPE_EARLY_MAX - cl->opt_len);
+  ssize_t n = read(cl->fd, cl->su->opt + cl->su->opt_len, ATUN_PIPE_EARLY_MAX - cl->su->opt_len);
   if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
   if (n < 0) { /* the client reset: so does the stream */
     atun_quic_conn *conn = cl->sid >= 0 ? cl->link.conn : NULL;
@@ -340,8 +353,8 @@ static void opt_read(atun_gw_client *cl) {
     if (conn != NULL) atun_quic_ev_flush(conn);
     return;
   }
-  cl->opt_len += (size_t)n;
-  if (n == 0 || cl->opt_len == ATUN_PIPE_EARLY_MAX) ev_io_stop(cl->gw->loop, &cl->io);
+  cl->su->opt_len += (size_t)n;
+  if (n == 0 || cl->su->opt_len == ATUN_PIPE_EARLY_MAX) ev_io_stop(cl->gw->loop, &cl->io);
   if (n > 0 && cl->link.conn != NULL && cl->sid >= 0) {
     opt_send(cl);
     atun_quic_ev_flush(cl->link.conn);
@@ -355,7 +368,7 @@ static uint64_t try_candidate(atun_gw_client *cl, const atun_route_candidate *ca
   if (atun_gw_agents_link(cl->gw, cand->agent, &link) != 0) return ATUN_CONNECT_UNREACHABLE;
   uint8_t frame[ATUN_SESSION_PAYLOAD_MAX + 16];
   atun_msg msg = {.type = ATUN_FRAME_CONNECT_REQUEST};
-  msg.u.connect_request = cl->req;
+  msg.u.connect_request = cl->su->req;
   ssize_t flen = atun_frame_encode(frame, sizeof(frame), &msg);
   if (flen < 0) return ATUN_CONNECT_INTERNAL;
   int64_t sid;
@@ -368,11 +381,11 @@ static uint64_t try_candidate(atun_gw_client *cl, const atun_route_candidate *ca
   }
   cl->link = link;
   cl->sid = sid;
-  cl->opt_sent = 0;
+  cl->su->opt_sent = 0;
   opt_send(cl);
   streams_add(cl);
-  atun_frame_reader_free(&cl->rd);
-  atun_frame_reader_init(&cl->rd, ATUN_SESSION_PAYLOAD_MAX, atun_mem_default());
+  atun_frame_reader_free(&cl->su->rd);
+  atun_frame_reader_init(&cl->su->rd, ATUN_SESSION_PAYLOAD_MAX, atun_mem_default());
   timer_in(cl, ATUN_GW_CONNECT_RESPONSE_TIMEOUT_NS);
   return ATUN_CONNECT_OK;
 }
@@ -380,48 +393,48 @@ static uint64_t try_candidate(atun_gw_client *cl, const atun_route_candidate *ca
 /* Tries candidates in order until one has a stream open; none left: the
  * client gets the last failure.  May free |cl|; the flush comes last. */
 static void client_advance(atun_gw_client *cl) {
-  uint64_t status = cl->last_status;
-  while (cl->next_cand < cl->ncands) {
-    status = try_candidate(cl, &cl->cands[cl->next_cand++]);
+  uint64_t status = cl->su->last_status;
+  while (cl->su->next_cand < cl->su->ncands) {
+    status = try_candidate(cl, &cl->su->cands[cl->su->next_cand++]);
     if (status == ATUN_CONNECT_OK) {
       atun_quic_ev_flush(cl->link.conn); /* may end in conn_gone: retry is queued */
       return;
     }
-    cl->last_status = status;
+    cl->su->last_status = status;
   }
-  fail(cl, cl->ncands == 0 ? RESULT_NO_AGENT : (int)status, status);
+  fail(cl, cl->su->ncands == 0 ? RESULT_NO_AGENT : (int)status, status);
 }
 
 static void resolve(atun_gw_client *cl) {
   atun_route_target t = {0};
-  if (cl->req.target.kind == ATUN_TARGET_ADDR) {
+  if (cl->su->req.target.kind == ATUN_TARGET_ADDR) {
     t.kind = ATUN_ROUTE_TARGET_ADDR;
-    t.addr = cl->req.target.addr;
+    t.addr = cl->su->req.target.addr;
   } else {
     t.kind = ATUN_ROUTE_TARGET_NAME;
-    t.name = cl->req.target.host;
-    t.namelen = strlen(cl->req.target.host);
+    t.name = cl->su->req.target.host;
+    t.namelen = strlen(cl->su->req.target.host);
   }
   atun_registry_pin pin = {.kind = ATUN_REGISTRY_PIN_NONE};
-  if (cl->pin[0] != '\0') {
-    size_t len = strlen(cl->pin);
-    if (len == ATUN_UUID_LEN && atun_gw_uuid_parse(pin.id, cl->pin, len) == 0)
+  if (cl->su->pin[0] != '\0') {
+    size_t len = strlen(cl->su->pin);
+    if (len == ATUN_UUID_LEN && atun_gw_uuid_parse(pin.id, cl->su->pin, len) == 0)
       pin.kind = ATUN_REGISTRY_PIN_ID;
     else {
       pin.kind = ATUN_REGISTRY_PIN_NAME;
-      pin.name = cl->pin;
+      pin.name = cl->su->pin;
     }
   }
-  ssize_t n = atun_registry_resolve(cl->gw->reg, &t, &pin, atun_gw_mono_now(), cl->cands,
+  ssize_t n = atun_registry_resolve(cl->gw->reg, &t, &pin, atun_gw_mono_now(), cl->su->cands,
                                     ATUN_GW_CANDIDATES_MAX);
-  cl->ncands = n > 0 ? (size_t)n : 0;
-  cl->next_cand = 0;
+  cl->su->ncands = n > 0 ? (size_t)n : 0;
+  cl->su->next_cand = 0;
   /* Nobody routes there: host unreachable (socks.h says why not 0x02). */
-  cl->last_status = ATUN_CONNECT_DNS_FAILURE;
+  cl->su->last_status = ATUN_CONNECT_DNS_FAILURE;
   cl->state = ST_CONNECTING;
   if (cl->lst->fwd != NULL) ev_io_start(cl->gw->loop, &cl->io); /* opt_read */
   else ev_io_stop(cl->gw->loop, &cl->io);
-  if (atun_ca_sysrand()->fill(cl->req.session_id, sizeof(cl->req.session_id),
+  if (atun_ca_sysrand()->fill(cl->su->req.session_id, sizeof(cl->su->req.session_id),
                               atun_ca_sysrand()->user_data) != 0) {
     fail(cl, ATUN_CONNECT_INTERNAL, ATUN_CONNECT_INTERNAL);
     return;
@@ -433,24 +446,24 @@ static void resolve(atun_gw_client *cl) {
 
 static void handshake_input(atun_gw_client *cl, const uint8_t *buf, size_t len) {
   atun_gw_dataplane *dp = cl->gw->dp;
-  ssize_t n = atun_socks5_conn_feed(&cl->socks, dp->socks, buf, len);
+  ssize_t n = atun_socks5_conn_feed(&cl->su->socks, dp->socks, buf, len);
   if (n < 0 || socks_flush(cl) != 0) {
     ++cl->gw->dp_counts.handshake_failures;
     atun_log(ATUN_LOG_INFO, "gateway", "socks5_refused", "reason=%s",
-             atun_socks5_close_reason_name(atun_socks5_conn_close_reason(&cl->socks)));
+             atun_socks5_close_reason_name(atun_socks5_conn_close_reason(&cl->su->socks)));
     client_free(cl);
     return;
   }
-  if (atun_socks5_conn_state(&cl->socks) != ATUN_SOCKS5_CONNECT) {
-    timer_in(cl, atun_socks5_conn_expiry(&cl->socks) - atun_gw_mono_now());
+  if (atun_socks5_conn_state(&cl->su->socks) != ATUN_SOCKS5_CONNECT) {
+    timer_in(cl, atun_socks5_conn_expiry(&cl->su->socks) - atun_gw_mono_now());
     return;
   }
-  const atun_socks5_request *r = atun_socks5_conn_request(&cl->socks);
-  cl->req.target = r->target;
-  cl->req.port = r->port;
-  memcpy(cl->pin, r->pin, sizeof(cl->pin));
-  cl->early_len = len - (size_t)n;
-  memcpy(cl->early, buf + n, cl->early_len);
+  const atun_socks5_request *r = atun_socks5_conn_request(&cl->su->socks);
+  cl->su->req.target = r->target;
+  cl->su->req.port = r->port;
+  memcpy(cl->su->pin, r->pin, sizeof(cl->su->pin));
+  cl->su->early_len = len - (size_t)n;
+  memcpy(cl->su->early, buf + n, cl->su->early_len);
   resolve(cl);
 }
 
@@ -485,8 +498,8 @@ static void on_client_timer(struct ev_loop *loop, ev_timer *w, int revents) {
     return;
   }
   if (cl->state == ST_HANDSHAKE) {
-    if (atun_socks5_conn_handle_expiry(&cl->socks, atun_gw_mono_now()) == 0) {
-      timer_in(cl, atun_socks5_conn_expiry(&cl->socks) - atun_gw_mono_now());
+    if (atun_socks5_conn_handle_expiry(&cl->su->socks, atun_gw_mono_now()) == 0) {
+      timer_in(cl, atun_socks5_conn_expiry(&cl->su->socks) - atun_gw_mono_now());
       return;
     }
     ++cl->gw->dp_counts.handshake_failures;
@@ -505,11 +518,15 @@ static int on_accept(atun_tcp_listener *l, int fd, const atun_tcp_endpoint *peer
   if (gw->dp_counts.clients >= gw->cfg.limits.client_max_connections) return -1;
   atun_gw_client *cl = calloc(1, sizeof(*cl));
   if (cl == NULL) return -1;
+  if ((cl->su = calloc(1, sizeof(*cl->su))) == NULL) {
+    free(cl);
+    return -1;
+  }
   cl->gw = gw;
   cl->lst = lst;
   cl->fd = fd;
   cl->sid = -1;
-  atun_frame_reader_init(&cl->rd, ATUN_SESSION_PAYLOAD_MAX, atun_mem_default());
+  atun_frame_reader_init(&cl->su->rd, ATUN_SESSION_PAYLOAD_MAX, atun_mem_default());
   ev_io_init(&cl->io, on_client_io, fd, EV_READ);
   ev_timer_init(&cl->timer, on_client_timer, 0.0, 0.0);
   cl->io.data = cl->timer.data = cl;
@@ -519,9 +536,9 @@ static int on_accept(atun_tcp_listener *l, int fd, const atun_tcp_endpoint *peer
   ++gw->dp_counts.clients;
   ++lst->clients;
   if (lst->fwd != NULL) {
-    cl->req.target = lst->fwd->target;
-    cl->req.port = lst->fwd->port;
-    snprintf(cl->pin, sizeof(cl->pin), "%s", lst->fwd->agent);
+    cl->su->req.target = lst->fwd->target;
+    cl->su->req.port = lst->fwd->port;
+    snprintf(cl->su->pin, sizeof(cl->su->pin), "%s", lst->fwd->agent);
     /* Runs from the loop: a failure frees the client, and the listener
      * must have counted it as taken first. */
     cl->retry = RETRY_RESOLVE;
@@ -529,9 +546,9 @@ static int on_accept(atun_tcp_listener *l, int fd, const atun_tcp_endpoint *peer
     ev_timer_start(gw->loop, &cl->timer);
     return 0;
   }
-  atun_socks5_conn_init(&cl->socks, dp->socks, atun_gw_mono_now());
+  atun_socks5_conn_init(&cl->su->socks, dp->socks, atun_gw_mono_now());
   ev_io_start(gw->loop, &cl->io);
-  timer_in(cl, atun_socks5_conn_expiry(&cl->socks) - atun_gw_mono_now());
+  timer_in(cl, atun_socks5_conn_expiry(&cl->su->socks) - atun_gw_mono_now());
   return 0;
 }
 
