@@ -64,6 +64,7 @@ typedef struct client_setup {
    * to the next candidate; |opt_sent| of it went to the current stream. */
   uint8_t *opt;
   size_t opt_len, opt_sent;
+  int opt_done; /* EOF read, or the buffer full: reading waits for the pipe */
 } client_setup;
 
 struct atun_gw_client {
@@ -337,28 +338,36 @@ static void opt_send(atun_gw_client *cl) {
 }
 
 /* A forward's client sent bytes while CONNECTING.  Keeps at most
- * ATUN_PIPE_EARLY_MAX of them, then stops reading; an EOF waits for the
- * pipe, which reads it again.  May free |cl|; the flush comes last. */
-static void opt_read(atun_gw_client *cl) {
-  if (cl->su->opt == NULL && (cl->su->opt = malloc(ATUN_PIPE_EARLY_MAX)) == NULL) {
+ * ATUN_PIPE_EARLY_MAX of them, then stops reading (|opt_done|); an EOF
+ * waits for the pipe, which reads it again.  |flush| 0: the caller
+ * flushes, and nothing is sent on the stream here.  Returns 0, or -1 when
+ * the client reset and was freed (after the flush, the last act). */
+static int opt_read(atun_gw_client *cl, int flush) {
+  client_setup *su = cl->su;
+  if (su->opt == NULL && (su->opt = malloc(ATUN_PIPE_EARLY_MAX)) == NULL) {
+    su->opt_done = 1; /* the bytes wait in the socket for the pipe */
     ev_io_stop(cl->gw->loop, &cl->io);
-    return;
+    return 0;
   }
-  ssize_t n = read(cl->fd, cl->su->opt + cl->su->opt_len, ATUN_PIPE_EARLY_MAX - cl->su->opt_len);
-  if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+  ssize_t n = read(cl->fd, su->opt + su->opt_len, ATUN_PIPE_EARLY_MAX - su->opt_len);
+  if (n < 0 && (errno == EAGAIN || errno == EINTR)) return 0;
   if (n < 0) { /* the client reset: so does the stream */
     atun_quic_conn *conn = cl->sid >= 0 ? cl->link.conn : NULL;
     if (conn != NULL) atun_quic_stream_shutdown(conn, cl->sid, ATUN_APP_TARGET_RESET);
     client_free(cl);
     if (conn != NULL) atun_quic_ev_flush(conn);
-    return;
+    return -1;
   }
-  cl->su->opt_len += (size_t)n;
-  if (n == 0 || cl->su->opt_len == ATUN_PIPE_EARLY_MAX) ev_io_stop(cl->gw->loop, &cl->io);
-  if (n > 0 && cl->link.conn != NULL && cl->sid >= 0) {
+  su->opt_len += (size_t)n;
+  if (n == 0 || su->opt_len == ATUN_PIPE_EARLY_MAX) {
+    su->opt_done = 1;
+    ev_io_stop(cl->gw->loop, &cl->io);
+  }
+  if (flush && n > 0 && cl->link.conn != NULL && cl->sid >= 0) {
     opt_send(cl);
     atun_quic_ev_flush(cl->link.conn);
   }
+  return 0;
 }
 
 /* Opens a stream on candidate |cand| and sends the ConnectRequest.
@@ -432,8 +441,13 @@ static void resolve(atun_gw_client *cl) {
   /* Nobody routes there: host unreachable (socks.h says why not 0x02). */
   cl->su->last_status = ATUN_CONNECT_DNS_FAILURE;
   cl->state = ST_CONNECTING;
-  if (cl->lst->fwd != NULL) ev_io_start(cl->gw->loop, &cl->io); /* opt_read */
-  else ev_io_stop(cl->gw->loop, &cl->io);
+  if (cl->lst->fwd != NULL) {
+    /* What the client sent already rides in the ConnectRequest's packet. */
+    if (!cl->su->opt_done && cl->su->opt_len == 0 && opt_read(cl, 0) != 0) return;
+    if (!cl->su->opt_done) ev_io_start(cl->gw->loop, &cl->io);
+  } else {
+    ev_io_stop(cl->gw->loop, &cl->io);
+  }
   if (atun_ca_sysrand()->fill(cl->su->req.session_id, sizeof(cl->su->req.session_id),
                               atun_ca_sysrand()->user_data) != 0) {
     fail(cl, ATUN_CONNECT_INTERNAL, ATUN_CONNECT_INTERNAL);
@@ -472,7 +486,7 @@ static void on_client_io(struct ev_loop *loop, ev_io *w, int revents) {
   uint8_t buf[ATUN_GW_HANDSHAKE_READ_MAX];
   (void)loop, (void)revents;
   if (cl->lst->fwd != NULL) {
-    opt_read(cl);
+    (void)opt_read(cl, 1);
     return;
   }
   ssize_t n = read(cl->fd, buf, sizeof(buf));
