@@ -102,13 +102,17 @@ static void streams_add(atun_gw_client *cl) {
   atun_registry_set_active_streams(cl->gw->reg, cl->link.id, cl->link.generation, s->count);
 }
 
+static void streams_unlink(atun_gw_streams *s, atun_gw_client *cl) {
+  if (cl->sprev != NULL) cl->sprev->snext = cl->snext;
+  else s->head = cl->snext;
+  if (cl->snext != NULL) cl->snext->sprev = cl->sprev;
+}
+
 /* Forgets the stream (the caller dealt with it). */
 static void streams_remove(atun_gw_client *cl) {
   atun_gw_streams *s = cl->link.streams;
   if (cl->link.conn == NULL) return;
-  if (cl->sprev != NULL) cl->sprev->snext = cl->snext;
-  else s->head = cl->snext;
-  if (cl->snext != NULL) cl->snext->sprev = cl->sprev;
+  streams_unlink(s, cl);
   --s->count;
   atun_registry_set_active_streams(cl->gw->reg, cl->link.id, cl->link.generation, s->count);
   cl->link.conn = NULL;
@@ -307,9 +311,38 @@ void atun_gw_client_on_stream_closed(atun_gw_client *cl, int has_error, uint64_t
 }
 
 void atun_gw_streams_on_writable(atun_gw_streams *streams) {
-  for (atun_gw_client *cl = streams->head; cl != NULL; cl = cl->snext)
-    if (cl->state == ST_PIPING && atun_pipe_waits_for_room(&cl->pipe))
-      atun_pipe_on_stream_writable(&cl->pipe);
+  /* The connection's send buffer is shared: wake only as many waiting
+   * pipes as the free room can feed a full read each, or all of them
+   * would read a sliver, find no room and pause again (an epoll_ctl pair
+   * and a short read each, per ack).  A pipe woken goes to the back of
+   * the list, so the room goes round. */
+  ssize_t budget = -1;
+  atun_gw_client *woken = NULL, *last = NULL;
+  for (atun_gw_client *cl = streams->head, *next; cl != NULL; cl = next) {
+    next = cl->snext;
+    if (cl->state != ST_PIPING || !atun_pipe_waits_for_room(&cl->pipe)) continue;
+    if (budget < 0 && cl->sid >= 0) budget = atun_quic_stream_writable(cl->link.conn, cl->sid);
+    if (budget < (ssize_t)ATUN_GW_WAKE_ROOM_MIN) break;
+    budget -= (ssize_t)ATUN_PIPE_READ_MAX;
+    streams_unlink(streams, cl);
+    cl->snext = NULL;
+    cl->sprev = last;
+    if (last != NULL) last->snext = cl;
+    else woken = cl;
+    last = cl;
+  }
+  if (woken == NULL) return;
+  /* Back of the list, then the wake-ups (which may not free clients). */
+  atun_gw_client **tail = &streams->head;
+  atun_gw_client *prev = NULL;
+  while (*tail != NULL) {
+    prev = *tail;
+    tail = &(*tail)->snext;
+  }
+  *tail = woken;
+  woken->sprev = prev;
+  for (atun_gw_client *cl = woken; cl != NULL; cl = cl->snext)
+    atun_pipe_on_stream_writable(&cl->pipe);
 }
 
 void atun_gw_streams_conn_gone(atun_gw *gw, atun_gw_streams *streams) {

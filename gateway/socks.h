@@ -28,6 +28,9 @@
 /* Client bytes read at once during the SOCKS5 handshake; what follows the
  * CONNECT request in that read becomes early data of the pipe. */
 #define ATUN_GW_HANDSHAKE_READ_MAX 2048
+/* Free send room an ack must leave before a pipe waiting for room is
+ * woken (one per this much, at most one full read each). */
+#define ATUN_GW_WAKE_ROOM_MIN ((size_t)16384)
 
 /* Starts the SOCKS5 listener (when enabled) and every forward.  A listener
  * that can not bind is logged (client_listen_failed) and skipped.  Returns
