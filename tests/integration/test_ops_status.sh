@@ -131,10 +131,13 @@ ok "revocation: gateway status counts it, agent status lists the refusal"
 python3 - "$GCFG" <<'PY'
 import json, socket, sys
 cfg = json.load(open(sys.argv[1]))
-def free():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
-cfg["forwards"] += [{"listen": "127.0.0.1:%d" % free(), "target": "127.0.0.1", "port": 22}
-                    for _ in range(69)]
+# All 69 held open while choosing: a port closed at once can come back.
+held = [socket.socket() for _ in range(69)]
+for s in held: s.bind(("127.0.0.1", 0))
+ports = [s.getsockname()[1] for s in held]
+for s in held: s.close()
+cfg["forwards"] += [{"listen": "127.0.0.1:%d" % p, "target": "127.0.0.1", "port": 22}
+                    for p in ports]
 json.dump(cfg, open(sys.argv[1], "w"), indent=2)
 PY
 kill -HUP "$PID_gw"
