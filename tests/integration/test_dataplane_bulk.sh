@@ -19,16 +19,12 @@ SEED=${DP_SEED:-7}
 # 8-22 s there (9 s in a release build).
 BULK_S_MAX=${DP_BULK_S_MAX:-90}
 
-API_PORT=$(free_port)
-QUIC_PORT=$(free_port)
 SOCKS_PORT=$(free_port)
 TARGET_PORT=$(free_port)
-D="$WORK/gw"
 A="$WORK/a"
 
 # --- gateway and agent on loopback ---------------------------------------------------------------
-"$GW" init --state-dir "$D" --hostname localhost --ip 127.0.0.1 \
-  --api-listen "127.0.0.1:$API_PORT" --quic-listen "127.0.0.1:$QUIC_PORT" >"$WORK/init.out"
+gw_init
 python3 - "$D/gateway.json" "$SOCKS_PORT" <<'PY'
 import json, sys
 cfg = json.load(open(sys.argv[1]))
@@ -41,9 +37,7 @@ WAIT_S=15 wait_for curl -sf --max-time 2 --cacert "$D/ca.crt" \
   "https://127.0.0.1:$API_PORT/health/ready" || { cat "$WORK/gw.log"; fail "gateway not ready"; }
 
 mkdir -p "$A"
-"$GW" token create --config "$D/gateway.json" --ttl 10m 2>/dev/null |
-  "$AG" enroll - --name bulk --config "$A/agent.json" --advertise-subnets 127.0.0.0/8 \
-    >"$A/enroll.out" 2>&1 || { cat "$A/enroll.out"; fail "enroll"; }
+enroll_agent "$A" bulk --advertise-subnets 127.0.0.0/8
 # Loopback is the target network here: the deny list keeps only 127.0.0.2.
 python3 - "$A/agent.json" <<'PY'
 import json, sys

@@ -7,17 +7,10 @@ source "$(dirname "$0")/lib.sh"
 [ -x "$GW" ] || fail "no $GW"
 [ -x "$AG" ] || fail "no $AG"
 
-API_PORT=$(free_port)
-QUIC_PORT=$(free_port)
 FWD_PORT=$(free_port)
 SUM_PORT=$(free_port)
-D="$WORK/gw"
-CA="$D/ca.crt"
-B="https://127.0.0.1:$API_PORT"
 
-"$GW" init --state-dir "$D" --hostname localhost --ip 127.0.0.1 \
-  --api-listen "127.0.0.1:$API_PORT" --quic-listen "127.0.0.1:$QUIC_PORT" >"$WORK/init.out"
-ADMIN=$(awk '$1 == "admin_token" {print $2}' "$WORK/init.out")
+gw_init
 python3 - "$D/gateway.json" "$FWD_PORT" "$SUM_PORT" <<'PY'
 import json, sys
 cfg = json.load(open(sys.argv[1]))
@@ -28,39 +21,14 @@ cfg["forwards"] = [{"listen": "127.0.0.1:" + sys.argv[2], "target": "127.0.0.1",
 json.dump(cfg, open(sys.argv[1], "w"), indent=2)
 PY
 
-metric() { # metric NAME{LABELS} : prints the value
-  curl -s --max-time 5 --cacert "$CA" -H "Authorization: Bearer $ADMIN" "$B/metrics" |
-    awk -v k="$1" '$1 == k {print $2}'
-}
-
-# A target that reads to EOF, then answers with the length and SHA-256.
-cat >"$WORK/sum.py" <<'PY'
-import hashlib, socket, sys, threading
-srv = socket.create_server(("127.0.0.1", int(sys.argv[1])))
-def serve(c):
-    h, n = hashlib.sha256(), 0
-    while True:
-        b = c.recv(65536)
-        if not b: break
-        h.update(b); n += len(b)
-    c.sendall(b"%d %s" % (n, h.hexdigest().encode()))
-    c.close()
-while True:
-    c, _ = srv.accept()
-    threading.Thread(target=serve, args=(c,), daemon=True).start()
-PY
-start sum python3 "$WORK/sum.py" "$SUM_PORT"
+sum_target "$SUM_PORT"
 start gw "$GW" run --config "$D/gateway.json"
 WAIT_S=15 wait_for curl -sf --max-time 2 --cacert "$CA" "$B/health/ready" ||
   { cat "$WORK/gw.log"; fail "gateway not ready"; }
 
 # enroll NAME SUBNETS : an agent with loopback allowed
 enroll() {
-  mkdir -p "$WORK/$1"
-  "$GW" token create --config "$D/gateway.json" --ttl 10m 2>/dev/null |
-    "$AG" enroll - --name "$1" --config "$WORK/$1/agent.json" \
-      --advertise-subnets "$2" >"$WORK/$1/enroll.out" 2>&1 ||
-    { cat "$WORK/$1/enroll.out"; fail "enroll $1"; }
+  enroll_agent "$WORK/$1" "$1" --advertise-subnets "$2"
   python3 - "$WORK/$1/agent.json" <<'PY'
 import json, sys
 cfg = json.load(open(sys.argv[1]))

@@ -6,21 +6,14 @@ source "$(dirname "$0")/lib.sh"
 [ -x "$GW" ] || fail "no $GW"
 [ -x "$AG" ] || fail "no $AG"
 
-API_PORT=$(free_port)
-QUIC_PORT=$(free_port)
 SOCKS_PORT=$(free_port)
 FWD_PORT=$(free_port)
 FWD2_PORT=$(free_port)
 HTTP_PORT=$(free_port)
 ECHO_PORT=$(free_port)
-D="$WORK/gw"
-CA="$D/ca.crt"
-B="https://127.0.0.1:$API_PORT"
-P="$B/jet/agent-tunnel"
 
-"$GW" init --state-dir "$D" --hostname localhost --ip 127.0.0.1 \
-  --api-listen "127.0.0.1:$API_PORT" --quic-listen "127.0.0.1:$QUIC_PORT" >"$WORK/init.out"
-ADMIN=$(awk '$1 == "admin_token" {print $2}' "$WORK/init.out")
+gw_init
+P="$B/jet/agent-tunnel"
 python3 - "$D/gateway.json" "$SOCKS_PORT" "$FWD_PORT" "$HTTP_PORT" "$FWD2_PORT" "$ECHO_PORT" <<'PY'
 import json, sys
 cfg = json.load(open(sys.argv[1]))
@@ -33,10 +26,6 @@ cfg["forwards"] = [{"listen": "127.0.0.1:" + sys.argv[3], "target": "127.0.0.1",
 json.dump(cfg, open(sys.argv[1], "w"), indent=2)
 PY
 
-metric() { # metric NAME{LABELS} : prints the value
-  curl -s --max-time 5 --cacert "$CA" -H "Authorization: Bearer $ADMIN" "$B/metrics" |
-    awk -v k="$1" '$1 == k {print $2}'
-}
 ms_now() { echo $(( $(date +%s%N) / 1000000 )); }
 # half_close PORT SIZE : sends SIZE random bytes through SOCKS5, shuts down its
 # write side, and checks the target's "length sha256" answer
@@ -126,23 +115,7 @@ cfg["deny"] = ["127.0.0.2/32"]
 json.dump(cfg, open(sys.argv[1], "w"), indent=2)
 PY
 start www python3 -m http.server --bind 127.0.0.1 --directory "$WORK/www" "$HTTP_PORT"
-# A target that reads to EOF, then answers with the length and SHA-256.
-cat >"$WORK/sum.py" <<'PY'
-import hashlib, socket, sys, threading
-srv = socket.create_server(("127.0.0.1", int(sys.argv[1])))
-def serve(c):
-    h, n = hashlib.sha256(), 0
-    while True:
-        b = c.recv(65536)
-        if not b: break
-        h.update(b); n += len(b)
-    c.sendall(b"%d %s" % (n, h.hexdigest().encode()))
-    c.close()
-while True:
-    c, _ = srv.accept()
-    threading.Thread(target=serve, args=(c,), daemon=True).start()
-PY
-start sum python3 "$WORK/sum.py" "$ECHO_PORT"
+sum_target "$ECHO_PORT"
 start a1 "$AG" run --config "$WORK/a1/agent.json"
 WAIT_S=10 wait_for grep -q "event=routes_advertised" "$WORK/gw.log" ||
   { cat "$WORK/a1.log"; fail "agent routes not advertised"; }

@@ -43,16 +43,12 @@ AHEAD_MAX=$(( 2 * RMEM_MAX + 2 * WMEM_MAX + WINDOW_MAX + SEND_BUFFER_MAX ))
 # (No effect on a build without ASan.)
 export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}quarantine_size_mb=${DP_QUARANTINE_MB:-1}"
 
-API_PORT=$(free_port)
-QUIC_PORT=$(free_port)
 SOCKS_PORT=$(free_port)
 TARGET_PORT=$(free_port)
-D="$WORK/gw"
 A="$WORK/a"
 
 # --- gateway and agent on loopback ---------------------------------------------------------------
-"$GW" init --state-dir "$D" --hostname localhost --ip 127.0.0.1 \
-  --api-listen "127.0.0.1:$API_PORT" --quic-listen "127.0.0.1:$QUIC_PORT" >"$WORK/init.out"
+gw_init
 python3 - "$D/gateway.json" "$SOCKS_PORT" <<'PY'
 import json, sys
 cfg = json.load(open(sys.argv[1]))
@@ -65,9 +61,7 @@ WAIT_S=15 wait_for curl -sf --max-time 2 --cacert "$D/ca.crt" \
   "https://127.0.0.1:$API_PORT/health/ready" || { cat "$WORK/gw.log"; fail "gateway not ready"; }
 
 mkdir -p "$A"
-"$GW" token create --config "$D/gateway.json" --ttl 10m 2>/dev/null |
-  "$AG" enroll - --name slow --config "$A/agent.json" --advertise-subnets 127.0.0.0/8 \
-    >"$A/enroll.out" 2>&1 || { cat "$A/enroll.out"; fail "enroll"; }
+enroll_agent "$A" slow --advertise-subnets 127.0.0.0/8
 python3 - "$A/agent.json" <<'PY'
 import json, sys
 cfg = json.load(open(sys.argv[1]))

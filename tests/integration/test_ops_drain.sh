@@ -9,17 +9,11 @@ source "$(dirname "$0")/lib.sh"
 [ -x "$GW" ] || fail "no $GW"
 [ -x "$AG" ] || fail "no $AG"
 
-API_PORT=$(free_port)
-QUIC_PORT=$(free_port)
 SOCKS_PORT=$(free_port)
 SUM_PORT=$(free_port)
-D="$WORK/gw"
-CA="$D/ca.crt"
-B="https://127.0.0.1:$API_PORT"
 DRAIN_S=8
 
-"$GW" init --state-dir "$D" --hostname localhost --ip 127.0.0.1 \
-  --api-listen "127.0.0.1:$API_PORT" --quic-listen "127.0.0.1:$QUIC_PORT" >"$WORK/init.out"
+gw_init
 python3 - "$D/gateway.json" "$SOCKS_PORT" "$DRAIN_S" <<'PY'
 import json, sys
 cfg = json.load(open(sys.argv[1]))
@@ -32,22 +26,6 @@ cfg["socks5"] = {"enabled": True, "listen": "127.0.0.1:" + sys.argv[2], "users":
 json.dump(cfg, open(sys.argv[1], "w"), indent=2)
 PY
 
-# A target that reads to EOF, then answers with the length and SHA-256.
-cat >"$WORK/sum.py" <<'PY'
-import hashlib, socket, sys, threading
-srv = socket.create_server(("127.0.0.1", int(sys.argv[1])))
-def serve(c):
-    h, n = hashlib.sha256(), 0
-    while True:
-        b = c.recv(65536)
-        if not b: break
-        h.update(b); n += len(b)
-    c.sendall(b"%d %s" % (n, h.hexdigest().encode()))
-    c.close()
-while True:
-    c, _ = srv.accept()
-    threading.Thread(target=serve, args=(c,), daemon=True).start()
-PY
 # xfer.py NAME : through SOCKS5 to the sum target, sends random data at
 # ~4 MB/s for 3 s (touching $WORK/NAME.started after 512 kB), shuts down
 # its write side and checks the "length sha256" answer.
@@ -100,7 +78,7 @@ PY
 ms_now() { echo $(( $(date +%s%N) / 1000000 )); }
 export WORK SOCKS_PORT SUM_PORT
 
-start sum python3 "$WORK/sum.py" "$SUM_PORT"
+sum_target "$SUM_PORT"
 start gw "$GW" run --config "$D/gateway.json"
 WAIT_S=20 wait_for curl -sf --max-time 2 --cacert "$CA" "$B/health/ready" ||
   { cat "$WORK/gw.log"; fail "gateway not ready"; }

@@ -11,19 +11,12 @@ source "$(dirname "$0")/lib.sh"
 [ -x "$GW" ] || fail "no $GW"
 [ -x "$AG" ] || fail "no $AG"
 
-API_PORT=$(free_port)
-QUIC_PORT=$(free_port)
 SOCKS_PORT=$(free_port)
 FWD_A=$(free_port)
 FWD_B=$(free_port)
 SUM_PORT=$(free_port)
-D="$WORK/gw"
-CA="$D/ca.crt"
-B="https://127.0.0.1:$API_PORT"
 
-"$GW" init --state-dir "$D" --hostname localhost --ip 127.0.0.1 \
-  --api-listen "127.0.0.1:$API_PORT" --quic-listen "127.0.0.1:$QUIC_PORT" >"$WORK/init.out"
-ADMIN=$(awk '$1 == "admin_token" {print $2}' "$WORK/init.out")
+gw_init
 # gw_config FORWARD_PORT... : SOCKS5 on, one forward to the sum target per port
 gw_config() {
   python3 - "$D/gateway.json" "$SOCKS_PORT" "$SUM_PORT" "$@" <<'PY'
@@ -40,22 +33,6 @@ PY
 }
 gw_config "$FWD_A"
 
-# A target that reads to EOF, then answers with the length and SHA-256.
-cat >"$WORK/sum.py" <<'PY'
-import hashlib, socket, sys, threading
-srv = socket.create_server(("127.0.0.1", int(sys.argv[1])))
-def serve(c):
-    h, n = hashlib.sha256(), 0
-    while True:
-        b = c.recv(65536)
-        if not b: break
-        h.update(b); n += len(b)
-    c.sendall(b"%d %s" % (n, h.hexdigest().encode()))
-    c.close()
-while True:
-    c, _ = srv.accept()
-    threading.Thread(target=serve, args=(c,), daemon=True).start()
-PY
 # hold.py socks|direct PORT NAME : sends random data at ~4 MB/s; touches
 # $WORK/NAME.started after 1 MB, goes on until $WORK/go exists, sends one
 # more MB, shuts down its write side and checks the "length sha256" answer.
@@ -120,7 +97,7 @@ agents_json() {
 }
 export WORK SUM_PORT
 
-start sum python3 "$WORK/sum.py" "$SUM_PORT"
+sum_target "$SUM_PORT"
 start gw "$GW" run --config "$D/gateway.json"
 WAIT_S=20 wait_for curl -sf --max-time 2 --cacert "$CA" "$B/health/ready" ||
   { cat "$WORK/gw.log"; fail "gateway not ready"; }

@@ -7,19 +7,11 @@ source "$(dirname "$0")/lib.sh"
 [ -x "$GW" ] || fail "no $GW"
 [ -x "$AG" ] || fail "no $AG"
 
-API_PORT=$(free_port)
-QUIC_PORT=$(free_port)
 SOCKS_PORT=$(free_port)
 FWD_PORT=$(free_port)
-D="$WORK/gw"
-CA="$D/ca.crt"
-B="https://127.0.0.1:$API_PORT"
-GCFG="$D/gateway.json"
 ACFG="$WORK/a1/agent.json"
 
-"$GW" init --state-dir "$D" --hostname localhost --ip 127.0.0.1 \
-  --api-listen "127.0.0.1:$API_PORT" --quic-listen "127.0.0.1:$QUIC_PORT" >"$WORK/init.out"
-ADMIN=$(awk '$1 == "admin_token" {print $2}' "$WORK/init.out")
+gw_init
 python3 - "$GCFG" "$SOCKS_PORT" "$FWD_PORT" <<'PY'
 import json, sys
 cfg = json.load(open(sys.argv[1]))
