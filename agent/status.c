@@ -46,28 +46,11 @@ static const char usage_text[] =
 
 /* --- the writer ------------------------------------------------------------------- */
 
-static struct {
-  char errors[AGENT_STATUS_ERRORS_MAX][AGENT_STATUS_ERROR_LEN];
-  uint64_t count; /* seen so far; the ring holds the last ones */
-} ring;
-
-static void sink(atun_log_level level, const char *line, size_t len, void *ud) {
-  (void)ud;
-  for (size_t off = 0; off < len;) {
-    ssize_t n = write(STDERR_FILENO, line + off, len - off);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    off += (size_t)n;
-  }
-  if (level < ATUN_LOG_WARN) return;
-  char *slot = ring.errors[ring.count++ % AGENT_STATUS_ERRORS_MAX];
-  size_t keep = len > 0 && line[len - 1] == '\n' ? len - 1 : len;
-  if (keep >= AGENT_STATUS_ERROR_LEN) keep = AGENT_STATUS_ERROR_LEN - 1;
-  memcpy(slot, line, keep);
-  slot[keep] = '\0';
+static void add_line(const char *line, void *arr) {
+  cJSON_AddItemToArray(arr, cJSON_CreateString(line));
 }
 
-void agent_status_capture(void) { atun_log_set_sink(sink, NULL); }
+void agent_status_capture(void) { atun_log_keep_recent(); }
 
 int agent_status_path(char out[AGENT_STATUS_PATH_MAX], const atun_config_agent *cfg) {
   const char *slash = strrchr(cfg->cert_file, '/');
@@ -126,10 +109,7 @@ static cJSON *status_json(const agent_status_info *info, atun_tstamp wall) {
   cJSON_AddNumberToObject(root, "cert_expires_unix",
                           (double)(info->cert_not_after / ATUN_NS_PER_S));
   cJSON *errs = cJSON_AddArrayToObject(root, "last_errors");
-  uint64_t first = ring.count > AGENT_STATUS_ERRORS_MAX ? ring.count - AGENT_STATUS_ERRORS_MAX : 0;
-  for (uint64_t i = first; i < ring.count; ++i)
-    cJSON_AddItemToArray(errs, cJSON_CreateString(ring.errors[i % AGENT_STATUS_ERRORS_MAX]));
-  cJSON_AddNumberToObject(root, "errors_total", (double)ring.count);
+  cJSON_AddNumberToObject(root, "errors_total", (double)atun_log_recent(add_line, errs));
   return root;
 }
 

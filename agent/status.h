@@ -21,9 +21,6 @@
 #define AGENT_STATUS_STALE_S (3 * AGENT_STATUS_REFRESH_S)
 /* Room for "<directory of cert_file>/status.json". */
 #define AGENT_STATUS_PATH_MAX (ATUN_CONFIG_PATH_MAX + 16)
-/* Warnings and errors kept for the file, and the bytes kept of each. */
-#define AGENT_STATUS_ERRORS_MAX 8
-#define AGENT_STATUS_ERROR_LEN 512
 /* Largest status file `status` reads. */
 #define AGENT_STATUS_TEXT_MAX ((size_t)256 * 1024)
 

@@ -10,8 +10,8 @@
  * state mean the daemon is not running, and `status` says so with its own
  * exit code.
  *
- * The log sink installed here passes every line to stderr as before and
- * keeps the last STATUS_ERRORS_MAX warn and error lines for the file.
+ * atun_log_keep_recent() passes every line to stderr as before and keeps
+ * the last ATUN_LOG_RECENT_MAX warn and error lines for the file.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -39,9 +39,6 @@
 #define STATUS_AGENTS_MAX 1000
 #define STATUS_PAGE 100
 #define STATUS_LISTENERS_MAX 64
-#define STATUS_ERRORS_MAX 8
-/* A kept log line is cut to this many bytes (NUL included). */
-#define STATUS_ERROR_LEN 512
 #define STATUS_TEXT_MAX ((size_t)4 << 20)
 
 static const char status_usage[] =
@@ -72,25 +69,7 @@ static struct {
   atun_gw *gw;
   ev_timer timer;
   atun_tstamp started; /* wall */
-  char errors[STATUS_ERRORS_MAX][STATUS_ERROR_LEN];
-  uint64_t nerrors; /* seen so far; the ring holds the last ones */
 } wr;
-
-static void sink(atun_log_level level, const char *line, size_t len, void *ud) {
-  (void)ud;
-  for (size_t off = 0; off < len;) {
-    ssize_t n = write(STDERR_FILENO, line + off, len - off);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    off += (size_t)n;
-  }
-  if (level < ATUN_LOG_WARN) return;
-  char *slot = wr.errors[wr.nerrors++ % STATUS_ERRORS_MAX];
-  size_t keep = len > 0 && line[len - 1] == '\n' ? len - 1 : len;
-  if (keep >= STATUS_ERROR_LEN) keep = STATUS_ERROR_LEN - 1;
-  memcpy(slot, line, keep);
-  slot[keep] = '\0';
-}
 
 static void add_time(cJSON *o, const char *key, atun_tstamp wall) {
   char text[ATUN_GW_TIME_STRLEN];
@@ -166,12 +145,13 @@ static int add_agents(atun_gw *gw, cJSON *root, atun_tstamp mono) {
   return 0;
 }
 
+static void add_line(const char *line, void *arr) {
+  cJSON_AddItemToArray(arr, cJSON_CreateString(line));
+}
+
 static void add_errors(cJSON *root) {
   cJSON *arr = cJSON_AddArrayToObject(root, "last_errors");
-  uint64_t first = wr.nerrors > STATUS_ERRORS_MAX ? wr.nerrors - STATUS_ERRORS_MAX : 0;
-  for (uint64_t i = first; i < wr.nerrors; ++i)
-    cJSON_AddItemToArray(arr, cJSON_CreateString(wr.errors[i % STATUS_ERRORS_MAX]));
-  cJSON_AddNumberToObject(root, "errors_total", (double)wr.nerrors);
+  cJSON_AddNumberToObject(root, "errors_total", (double)atun_log_recent(add_line, arr));
 }
 
 static cJSON *status_json(atun_gw *gw, const char *state) {
@@ -223,7 +203,7 @@ static void on_status_timer(struct ev_loop *loop, ev_timer *w, int revents) {
   atun_gw_status_write(gw, gw->draining ? "draining" : "running");
 }
 
-void atun_gw_status_capture(void) { atun_log_set_sink(sink, NULL); }
+void atun_gw_status_capture(void) { atun_log_keep_recent(); }
 
 void atun_gw_status_start(atun_gw *gw) {
   wr.gw = gw;

@@ -439,6 +439,33 @@ static void write_stderr(const char *s, size_t n) {
   }
 }
 
+static struct {
+  char lines[ATUN_LOG_RECENT_MAX][ATUN_LOG_RECENT_LEN];
+  uint64_t total; /* kept so far; the ring holds the last ones */
+} recent;
+
+static void recent_sink(atun_log_level level, const char *text, size_t len, void *ud) {
+  (void)ud;
+  write_stderr(text, len);
+  if (level < ATUN_LOG_WARN) return;
+  char *slot = recent.lines[recent.total++ % ATUN_LOG_RECENT_MAX];
+  size_t keep = len > 0 && text[len - 1] == '\n' ? len - 1 : len;
+  if (keep >= ATUN_LOG_RECENT_LEN) keep = ATUN_LOG_RECENT_LEN - 1;
+  memcpy(slot, text, keep);
+  slot[keep] = '\0';
+}
+
+void atun_log_keep_recent(void) {
+  recent.total = 0;
+  atun_log_set_sink(recent_sink, NULL);
+}
+
+uint64_t atun_log_recent(void (*fn)(const char *text, void *user_data), void *user_data) {
+  uint64_t first = recent.total > ATUN_LOG_RECENT_MAX ? recent.total - ATUN_LOG_RECENT_MAX : 0;
+  for (uint64_t i = first; i < recent.total; ++i) fn(recent.lines[i % ATUN_LOG_RECENT_MAX], user_data);
+  return recent.total;
+}
+
 static atun_tstamp wall_now(void) {
   struct timespec t;
   if (clock_gettime(CLOCK_REALTIME, &t) != 0) return 0;

@@ -80,6 +80,19 @@ typedef void (*atun_log_sink_fn)(atun_log_level level, const char *line,
                                  size_t len, void *user_data);
 void atun_log_set_sink(atun_log_sink_fn fn, void *user_data);
 
+/* Recent problems, for a status report.  atun_log_keep_recent() installs a
+ * sink that writes every line to stderr as the default does and keeps the
+ * last ATUN_LOG_RECENT_MAX lines of level warn or worse, each without its
+ * newline and cut to ATUN_LOG_RECENT_LEN - 1 bytes. */
+#define ATUN_LOG_RECENT_MAX 8
+#define ATUN_LOG_RECENT_LEN 512
+void atun_log_keep_recent(void);
+
+/* Calls |fn| with each kept line, oldest first.  Returns how many lines of
+ * level warn or worse were logged since atun_log_keep_recent() (more than
+ * were kept when the ring went round). */
+uint64_t atun_log_recent(void (*fn)(const char *line, void *user_data), void *user_data);
+
 /* Nonzero if a field named |key| is written as <redacted>. */
 int atun_log_key_is_secret(const char *key, size_t len);
 

@@ -241,3 +241,42 @@ Test(log, level_names) {
   cr_assert_str_eq(atun_log_level_name(ATUN_LOG_WARN), "warn");
   cr_assert_str_eq(atun_log_level_name((atun_log_level)7), "?");
 }
+
+static void collect(const char *line, void *ud) {
+  char (*out)[ATUN_LOG_RECENT_LEN] = ud;
+  static size_t n;
+  if (line == NULL) { n = 0; return; }
+  snprintf(out[n++ % 16], ATUN_LOG_RECENT_LEN, "%s", line);
+}
+
+/* The last ATUN_LOG_RECENT_MAX warnings and errors are kept, oldest first,
+ * without their newline and cut to the bound; info lines are not. */
+Test(log, recent_problems_are_kept_for_status) {
+  atun_log_keep_recent();
+  atun_log_set_level(ATUN_LOG_DEBUG);
+  cr_assert_eq(atun_log_recent(collect, NULL), 0);
+  for (int i = 0; i < ATUN_LOG_RECENT_MAX + 2; ++i) {
+    atun_log(ATUN_LOG_INFO, "test", "noise", "i=%d", i);
+    atun_log(i % 2 ? ATUN_LOG_ERROR : ATUN_LOG_WARN, "test", "trouble", "i=%d", i);
+  }
+  static char got[16][ATUN_LOG_RECENT_LEN];
+  collect(NULL, got);
+  cr_assert_eq(atun_log_recent(collect, got), ATUN_LOG_RECENT_MAX + 2);
+  for (int k = 0; k < ATUN_LOG_RECENT_MAX; ++k) {
+    char want[32];
+    snprintf(want, sizeof(want), "i=%d", k + 2); /* the two oldest went */
+    cr_assert(strstr(got[k], "event=trouble") != NULL, "%s", got[k]);
+    cr_assert(strstr(got[k], want) != NULL, "line %d: %s", k, got[k]);
+    cr_assert(strchr(got[k], '\n') == NULL);
+  }
+  /* A long line is cut to the bound, NUL included. */
+  char big[2 * ATUN_LOG_RECENT_LEN];
+  memset(big, 'x', sizeof(big) - 1);
+  big[sizeof(big) - 1] = '\0';
+  atun_log(ATUN_LOG_WARN, "test", "long", "v=%s", big);
+  collect(NULL, got);
+  atun_log_recent(collect, got);
+  cr_assert_eq(strlen(got[ATUN_LOG_RECENT_MAX - 1]), ATUN_LOG_RECENT_LEN - 1);
+  atun_log_set_sink(NULL, NULL);
+  atun_log_set_level(ATUN_LOG_INFO);
+}
