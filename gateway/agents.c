@@ -106,6 +106,10 @@ static int on_registry_offline(const uint8_t *id, uint32_t handle, atun_tstamp l
   atun_log(ATUN_LOG_WARN, "gateway", "agent_offline",
            "agent_id=%s agent_name=%s silent_ms=%llu", text, name,
            (unsigned long long)(atun_registry_offline_timeout(gw->reg) / ATUN_NS_PER_MS));
+  /* Draining, the gateway said Goodbye: an agent that stays for its
+   * streams sends no more heartbeats, and its silence is no reason to cut
+   * transfers the drain lets finish (the drain deadline bounds them). */
+  if (gw->draining) return 0;
   /* Left alone, the connection would linger until the QUIC idle timeout
    * (30 s) with its clients hanging on an agent that stopped answering.
    * Closing it resets every client at once, and the agent, if it was only

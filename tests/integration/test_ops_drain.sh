@@ -1,5 +1,6 @@
-# SIGTERM drains: a transfer of about 3 s is under way when the gateway
-# gets SIGTERM; it finishes byte-exact, new clients are refused at once
+# SIGTERM drains: a transfer of about 5 s (longer than the gateway's
+# offline timeout) is under way when the gateway gets SIGTERM; it finishes
+# byte-exact, new clients are refused at once
 # during the drain, and the gateway exits 0 within drain_timeout.  Then the
 # same for the agent: a transfer under way finishes byte-exact, new
 # connections through it fail during its drain, and it exits 0 within its
@@ -17,18 +18,18 @@ gw_init
 python3 - "$D/gateway.json" "$SOCKS_PORT" "$DRAIN_S" <<'PY'
 import json, sys
 cfg = json.load(open(sys.argv[1]))
-# Offline after 3 x 2 s: an agent that lingers for its streams after
-# Goodbye sends no more heartbeats (its session moved on), and the gateway
-# still counts them while it drains.
-cfg["heartbeat_interval"] = "2s"
+# Offline after 3 x 1 s: shorter than the transfer the gateway's drain
+# must let finish, during which the agent, lingering for its streams after
+# Goodbye, sends no more heartbeats (its session moved on).
+cfg["heartbeat_interval"] = "1s"
 cfg["drain_timeout"] = sys.argv[3] + "s"
 cfg["socks5"] = {"enabled": True, "listen": "127.0.0.1:" + sys.argv[2], "users": []}
 json.dump(cfg, open(sys.argv[1], "w"), indent=2)
 PY
 
 # xfer.py NAME : through SOCKS5 to the sum target, sends random data at
-# ~4 MB/s for 3 s (touching $WORK/NAME.started after 512 kB), shuts down
-# its write side and checks the "length sha256" answer.
+# ~4 MB/s for $XFER_S s, 3 by default (touching $WORK/NAME.started after
+# 512 kB), shuts down its write side and checks the "length sha256" answer.
 cat >"$WORK/xfer.py" <<'PY'
 import hashlib, os, socket, struct, sys, time
 name, work = sys.argv[1], os.environ["WORK"]
@@ -38,7 +39,7 @@ s.sendall(b"\x05\x01\x00\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1") +
 r = b""
 while len(r) < 12: r += s.recv(12 - len(r))
 assert r[:2] == b"\x05\x00" and r[3] == 0, r
-h, n, end = hashlib.sha256(), 0, time.monotonic() + 3
+h, n, end = hashlib.sha256(), 0, time.monotonic() + float(os.environ.get("XFER_S", "3"))
 while time.monotonic() < end:
     chunk = os.urandom(65536)
     s.sendall(chunk)
@@ -100,7 +101,7 @@ WAIT_S=20 wait_for grep -q "event=routes_advertised" "$WORK/gw.log" ||
 [ "$(socks_rep)" = 00 ] || fail "SOCKS5 does not work before the drain"
 
 # --- the gateway drains ---------------------------------------------------------------------------
-start x1 python3 "$WORK/xfer.py" gw
+XFER_S=5 start x1 python3 "$WORK/xfer.py" gw
 WAIT_S=10 wait_for test -e "$WORK/gw.started" || { cat "$WORK/x1.log"; fail "transfer did not start"; }
 t0=$(ms_now)
 kill -TERM "$PID_gw"
