@@ -316,14 +316,17 @@ void atun_gw_streams_on_writable(atun_gw_streams *streams) {
    * would read a sliver, find no room and pause again (an epoll_ctl pair
    * and a short read each, per ack).  A pipe woken goes to the back of
    * the list, so the room goes round. */
-  ssize_t budget = -1;
+  ssize_t promised = 0; /* room already counted for pipes woken here */
   atun_gw_client *woken = NULL, *last = NULL;
   for (atun_gw_client *cl = streams->head, *next; cl != NULL; cl = next) {
     next = cl->snext;
-    if (cl->state != ST_PIPING || !atun_pipe_waits_for_room(&cl->pipe)) continue;
-    if (budget < 0 && cl->sid >= 0) budget = atun_quic_stream_writable(cl->link.conn, cl->sid);
-    if (budget < (ssize_t)ATUN_GW_WAKE_ROOM_MIN) break;
-    budget -= (ssize_t)ATUN_PIPE_READ_MAX;
+    if (cl->state != ST_PIPING || cl->sid < 0 || !atun_pipe_waits_for_room(&cl->pipe))
+      continue;
+    /* A pipe short of its own stream's room waits for that stream's acks;
+     * the others share what the connection has left. */
+    ssize_t room = atun_quic_stream_writable(cl->link.conn, cl->sid);
+    if (room - promised < (ssize_t)ATUN_GW_WAKE_ROOM_MIN) continue;
+    promised += (ssize_t)ATUN_PIPE_READ_MAX;
     streams_unlink(streams, cl);
     cl->snext = NULL;
     cl->sprev = last;
